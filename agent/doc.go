@@ -1,0 +1,12 @@
+// Package agent is vsagent's control loop: it turns typed libvirt events and
+// configuration into desired state (which guests need which appliance
+// chains), gates guests until their appliances run, reconciles appliance
+// domains, intercept and distribution-manager rules, and garbage-collects
+// what no guest needs any more.
+//
+// It works level-triggered: every work item re-reads the domain from libvirt,
+// so a lost event is harmless. It must never destroy, undefine or modify a
+// domain it does not own beyond the documented gate (suspend/resume) and
+// intercept rewiring, and it must never leave a guest paused by a gate whose
+// reason is gone.
+package agent
