@@ -262,8 +262,13 @@ func (c Codec) Advance(f Frame, self MAC) Reason {
 	}
 	next++
 	b[15] = byte(next)
-	copy(b[0:6], b[hopOffset(next):hopOffset(next)+hopLen])
-	copy(b[6:12], self[:])
+	// Two loads and four stores instead of two memmove calls: this is the
+	// whole per-packet cost of a VSA hop.
+	hop := b[hopOffset(next) : hopOffset(next)+hopLen]
+	binary.LittleEndian.PutUint32(b[0:4], binary.LittleEndian.Uint32(hop))
+	binary.LittleEndian.PutUint16(b[4:6], binary.LittleEndian.Uint16(hop[4:]))
+	binary.LittleEndian.PutUint32(b[6:10], binary.LittleEndian.Uint32(self[0:4]))
+	binary.LittleEndian.PutUint16(b[10:12], binary.LittleEndian.Uint16(self[4:6]))
 	return OK
 }
 

@@ -147,7 +147,9 @@ func routeOf(n int) []MAC {
 func TestParseVLANTaggedInner(t *testing.T) {
 	v := loadChainVectors(t)
 	orig := v.Original
-	tag := func(tpid uint16, vid uint16) []byte { return []byte{byte(tpid >> 8), byte(tpid), byte(vid >> 8), byte(vid)} }
+	tag := func(tpid uint16, vid uint16) []byte {
+		return []byte{byte(tpid >> 8), byte(tpid), byte(vid >> 8), byte(vid)}
+	}
 	// Tags go between the source MAC and the EtherType (offset 12).
 	withTags := func(tags ...[]byte) []byte {
 		out := append([]byte{}, orig[:12]...)
