@@ -263,4 +263,34 @@ func Veth(t testing.TB, a, b End) {
 		}
 		e.NS.linkUp(t, e.Name)
 	}
+	for _, e := range []End{a, b} {
+		e.NS.WaitOperUp(t, e.Name)
+	}
+}
+
+// operUpTimeout bounds WaitOperUp. The kernel applies carrier changes from
+// a deferred work item that may wait up to a second; ten leave headroom on
+// a loaded machine.
+const operUpTimeout = 10 * time.Second
+
+// WaitOperUp waits until the link is operationally up. A link that is
+// administratively up still drops every frame sent before the kernel's
+// link watcher has noticed its carrier and attached a real queueing
+// discipline, so tests that send right after creating links must wait.
+func (n *NS) WaitOperUp(t testing.TB, name string) {
+	t.Helper()
+	deadline := time.Now().Add(operUpTimeout)
+	for {
+		l, err := n.nl.LinkByName(name)
+		if err != nil {
+			t.Fatalf("netnstest: link %s in %s: %v", name, n.name, err)
+		}
+		if l.Attrs().OperState == netlink.OperUp {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("netnstest: %s in %s not operationally up after %v (state %v)", name, n.name, operUpTimeout, l.Attrs().OperState)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
