@@ -10,8 +10,11 @@ import (
 // discard is a Transport whose writes vanish, to measure the core alone.
 type discard struct{}
 
-func (discard) ReadFrame(ctx context.Context, _ []byte) (int, error) { <-ctx.Done(); return 0, ctx.Err() }
-func (discard) WriteFrame(context.Context, []byte) error             { return nil }
+func (discard) ReadFrame(ctx context.Context, _ []byte) (int, error) {
+	<-ctx.Done()
+	return 0, ctx.Err()
+}
+func (discard) WriteFrame(context.Context, []byte) error { return nil }
 
 // handleCases are the per-frame paths whose cost matters: a forward, a drop
 // with a notice, and a malformed frame.
