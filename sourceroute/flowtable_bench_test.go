@@ -1,0 +1,183 @@
+package sourceroute
+
+import (
+	"fmt"
+	"runtime"
+	"sync/atomic"
+	"testing"
+)
+
+// Flow table benchmarks. Lookups pick flows in a random order: walking the
+// flows in insertion order would let the caches and the prefetcher hide the
+// memory latency that dominates a large table. The Go map baseline is keyed
+// by the same canonical FlowKey and runs in the same process and run.
+
+var benchSizes = []int{1_000, 1_000_000}
+
+// xorshift is a cheap inline RNG, so the benchmark measures the table.
+type xorshift uint64
+
+func (x *xorshift) below(n int) uint32 {
+	*x ^= *x << 13
+	*x ^= *x >> 7
+	*x ^= *x << 17
+	return uint32(uint64(*x) >> 32 * uint64(n) >> 32)
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+func buildBenchTable(b *testing.B, flows int) (*FlowTable, float64) {
+	before := heapInUse()
+	ft, err := NewFlowTable(FlowTableConfig{Capacity: flows, IdleTimeout: 1 << 40, Seed: testSeed})
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := ft.NewWorker()
+	policy := func(k FlowKey) (FlowValue, error) { return FlowValue{Handle: k.w[0], Verdict: 1}, nil }
+	for i := range flows {
+		k := udpKey(uint32(i))
+		if _, _, err := w.LookupOrInsert(&k, 0, policy); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if ft.Len() != flows {
+		b.Fatalf("built %d flows, want %d", ft.Len(), flows)
+	}
+	return ft, float64(heapInUse()-before) / float64(flows)
+}
+
+func BenchmarkFlowLookup(b *testing.B) {
+	for _, n := range benchSizes {
+		b.Run(fmt.Sprintf("flows=%d", n), func(b *testing.B) {
+			ft, perFlow := buildBenchTable(b, n)
+			w := ft.NewWorker()
+			rng := xorshift(88172645463325252)
+			now := int64(0)
+			var i uint64
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				// The clock moves one tick per 1024 packets, so each packet
+				// of a large table also pays for refreshing its flow.
+				i++
+				if i&1023 == 0 {
+					now += 1 << tickShift
+				}
+				k := udpKey(rng.below(n))
+				if rng&1 == 0 {
+					k = k.Reverse()
+				}
+				if _, _, ok := w.Lookup(&k, now); !ok {
+					b.Fatal("miss")
+				}
+			}
+			b.ReportMetric(perFlow, "bytes/flow")
+			runtime.KeepAlive(ft)
+		})
+	}
+}
+
+func BenchmarkGoMapLookup(b *testing.B) {
+	for _, n := range benchSizes {
+		b.Run(fmt.Sprintf("flows=%d", n), func(b *testing.B) {
+			before := heapInUse()
+			m := make(map[FlowKey]FlowValue, n)
+			for i := range n {
+				k := udpKey(uint32(i))
+				c, _ := k.canonical()
+				m[c] = FlowValue{Handle: uint32(i)}
+			}
+			perFlow := float64(heapInUse()-before) / float64(n)
+			rng := xorshift(88172645463325252)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				k := udpKey(rng.below(n))
+				if rng&1 == 0 {
+					k = k.Reverse()
+				}
+				c, _ := k.canonical()
+				if _, ok := m[c]; !ok {
+					b.Fatal("miss")
+				}
+			}
+			b.ReportMetric(perFlow, "bytes/flow")
+			runtime.KeepAlive(m)
+		})
+	}
+}
+
+// BenchmarkFlowLookupParallel runs one worker per GOMAXPROCS on the same
+// table, to show that lookups do not contend.
+func BenchmarkFlowLookupParallel(b *testing.B) {
+	for _, n := range benchSizes {
+		b.Run(fmt.Sprintf("flows=%d", n), func(b *testing.B) {
+			ft, _ := buildBenchTable(b, n)
+			b.ReportAllocs()
+			b.ResetTimer()
+			var goroutines atomic.Uint64
+			b.RunParallel(func(pb *testing.PB) {
+				w := ft.NewWorker()
+				rng := xorshift(goroutines.Add(1) * 0x9e3779b97f4a7c15)
+				for pb.Next() {
+					k := udpKey(rng.below(n))
+					if _, _, ok := w.Lookup(&k, 0); !ok {
+						panic("miss")
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkFlowInsertEvict floods a full table with new flows: each
+// iteration decides, inserts and evicts one flow.
+func BenchmarkFlowInsertEvict(b *testing.B) {
+	const n = 100_000
+	ft, _ := buildBenchTable(b, n)
+	w := ft.NewWorker()
+	i := uint32(n)
+	policy := func(FlowKey) (FlowValue, error) { return FlowValue{Handle: i}, nil }
+	now := int64(0)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		i++
+		now += 1 << tickShift
+		k := udpKey(i)
+		if _, _, err := w.LookupOrInsert(&k, now, policy); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if ft.Len() != n {
+		b.Fatalf("Len %d", ft.Len())
+	}
+}
+
+func BenchmarkExtractKey(b *testing.B) {
+	frames := []struct {
+		name  string
+		frame []byte
+	}{
+		{"ipv4-udp", loadChainVectors(b).Original},
+		{"qinq-ipv4-tcp", ethFrame(macB, macA, []vlanTag{{0x88a8, 10}, {0x8100, 20}}, etherTypeIPv4,
+			ipv4Packet(protoTCP, "10.0.0.1", "10.0.0.2", 0, ports(1, 2, 16)))},
+		{"ipv6-ext-tcp", v6(ipv6Packet(protoHopByHop, "2001:db8::1", "2001:db8::2",
+			append(ipv6Ext(protoDestOpts, 8), ipv6Ext(protoTCP, 16)...), ports(5000, 443, 16)))},
+	}
+	for _, f := range frames {
+		b.Run(f.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, r := ExtractKey(f.frame, 1); r != KeyOK {
+					b.Fatal(r)
+				}
+			}
+		})
+	}
+}
