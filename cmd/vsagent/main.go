@@ -9,6 +9,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "check-config" {
+		os.Exit(runCheckConfig(os.Args[2:]))
+	}
 	if len(os.Args) > 1 && os.Args[1] == "version" {
 		fmt.Println("vsagent", version.Version)
 		return
