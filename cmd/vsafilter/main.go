@@ -353,4 +353,3 @@ func newCountersLine(reason, iface string, self sourceroute.MAC, c appliance.Cou
 		Filter: fs,
 	}
 }
-
