@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -45,11 +46,12 @@ func buildVsafilter(t *testing.T) string {
 
 // outputLine is any JSON line vsafilter prints.
 type outputLine struct {
-	Type      string         `json:"type"`
-	Reason    string         `json:"reason"`
-	Self      string         `json:"self"`
-	Appliance applianceStats `json:"appliance"`
-	Filter    filterStats    `json:"filter"`
+	Type        string         `json:"type"`
+	Promiscuous bool           `json:"promiscuous"`
+	Reason      string         `json:"reason"`
+	Self        string         `json:"self"`
+	Appliance   applianceStats `json:"appliance"`
+	Filter      filterStats    `json:"filter"`
 }
 
 // syncBuffer is a bytes.Buffer safe for a process writer and a reader.
@@ -72,6 +74,7 @@ func (s *syncBuffer) String() string {
 
 // vsafilterProc is a vsafilter process running in a namespace.
 type vsafilterProc struct {
+	ready  outputLine
 	name   string
 	cmd    *exec.Cmd
 	lines  chan outputLine
@@ -79,14 +82,19 @@ type vsafilterProc struct {
 	waited chan error
 }
 
+// startVsafilter runs bin in ns with args, and with config written to a
+// file for -c unless config is empty, and waits for its ready line.
 func startVsafilter(t *testing.T, ctx context.Context, ns *netnstest.NS, bin, name, config string, args ...string) *vsafilterProc {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), name+".toml")
-	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
-		t.Fatal(err)
+	if config != "" {
+		path := filepath.Join(t.TempDir(), name+".toml")
+		if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args = append([]string{"-c", path}, args...)
 	}
 	p := &vsafilterProc{name: name, lines: make(chan outputLine, 64), stderr: &syncBuffer{}, waited: make(chan error, 1)}
-	p.cmd = ns.Command(ctx, bin, append([]string{"-c", path}, args...)...)
+	p.cmd = ns.Command(ctx, bin, args...)
 	p.cmd.Stderr = p.stderr
 	stdout, err := p.cmd.StdoutPipe()
 	if err != nil {
@@ -114,7 +122,7 @@ func startVsafilter(t *testing.T, ctx context.Context, ns *netnstest.NS, bin, na
 			t.Logf("%s stderr:\n%s", name, p.stderr.String())
 		}
 	})
-	p.next(t, "ready", "")
+	p.ready = p.next(t, "ready", "")
 	return p
 }
 
@@ -440,4 +448,76 @@ func dropNotice(t *testing.T, from sourceroute.MAC, why sourceroute.NoticeReason
 		t.Fatal(err)
 	}
 	return buf[:n]
+}
+
+// TestVsafilterFromKernelCmdline starts vsafilter the way an appliance VM's
+// init does: everything from a kernel command line, with the interface
+// still down and a hop address that is not the interface's own (so it must
+// bring the link up and turn on promiscuous mode). It then forwards a
+// frame and prints counters on its own, every interval.
+func TestVsafilterFromKernelCmdline(t *testing.T) {
+	netnstest.RequireRoot(t)
+	bin := buildVsafilter(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	dmNS, vsaNS := netnstest.New(t), netnstest.New(t)
+	dmNS.QuietIPv6(t)
+	vsaNS.QuietIPv6(t)
+	netnstest.Veth(t, netnstest.End{NS: dmNS, Name: "eth0", MAC: net.HardwareAddr(dmMAC[:])}, netnstest.End{NS: vsaNS, Name: "eth0"})
+	link, err := vsaNS.Netlink().LinkByName("eth0")
+	if err == nil {
+		err = vsaNS.Netlink().LinkSetDown(link)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	rules := "[[rule]]\naction = \"deny\"\nproto = \"tcp\"\n"
+	cmdline := filepath.Join(t.TempDir(), "cmdline")
+	line := fmt.Sprintf("console=ttyS0 quiet vsafilter.iface=eth0 vsafilter.mac=%s vsafilter.stats=100ms vsafilter.wait=5s vsafilter.rules=%s\n",
+		vsa1MAC, base64.StdEncoding.EncodeToString([]byte(rules)))
+	if err := os.WriteFile(cmdline, []byte(line), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := startVsafilter(t, ctx, vsaNS, bin, "vsa", "", "-config-from-cmdline", "-cmdline", cmdline)
+	if !p.ready.Promiscuous || p.ready.Self != vsa1MAC.String() {
+		t.Errorf("ready line %+v, want self %s in promiscuous mode", p.ready, vsa1MAC)
+	}
+	vsaNS.WaitOperUp(t, "eth0")
+
+	var dm *appliance.PacketTransport
+	if err := dmNS.Do(func() (err error) {
+		dm, err = appliance.OpenPacket("eth0", appliance.PacketConfig{OnlyTo: dmMAC})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer dm.Close()
+	frame := encapsulateFor(t, []sourceroute.MAC{vsa1MAC, dmMAC}, eth(etherTypeIPv4, ipv4(protoUDP, "10.0.0.1", "10.0.0.2", udp(1, 53, []byte("hi")))))
+	want := advancedBy(t, frame, vsa1MAC)
+	buf := make([]byte, 2048)
+	for attempt := 0; ; attempt++ {
+		if attempt == 10 {
+			t.Fatal("no frame came back")
+		}
+		if err := dm.WriteFrame(ctx, frame); err != nil {
+			t.Fatal(err)
+		}
+		rctx, rcancel := context.WithTimeout(ctx, time.Second)
+		n, err := dm.ReadFrame(rctx, buf)
+		rcancel()
+		if err == nil {
+			if diff := cmp.Diff(want, buf[:n]); diff != "" {
+				t.Fatalf("forwarded (-want +got):\n%s", diff)
+			}
+			break
+		}
+	}
+	// Two interval reports, the second showing the forwarded frame.
+	p.next(t, "counters", "interval")
+	if l := p.next(t, "counters", "interval"); l.Self != vsa1MAC.String() || l.Appliance.Forwarded == 0 || len(l.Filter.Rules) != 1 {
+		t.Errorf("interval counters %+v", l)
+	}
+	p.stop(t)
 }
