@@ -89,6 +89,7 @@ const (
 	keyWords     = 11
 
 	kindMask     = 0x0f
+	kindPorts    = 0x20 // the ports word holds source and destination ports, which swap with the addresses
 	kindFragment = 0x80 // an IP fragment: keyed without ports, see ExtractKey
 	vlanMask     = 0x00ffffff
 )
@@ -280,13 +281,14 @@ func (k *FlowKey) fromIPv6(ip []byte) KeyReason {
 
 // fromL4 adds ports, or ICMP type/code/id, for the protocols that have them.
 func (k *FlowKey) fromL4(proto uint8, l4 []byte, icmp uint8) KeyReason {
-	switch proto {
-	case protoTCP, protoUDP, protoUDPLite, protoSCTP, protoDCCP:
+	switch {
+	case protoHasPorts(proto):
 		if len(l4) < 4 {
 			return KeyTruncatedL4
 		}
 		k.w[keyWordPorts] = binary.BigEndian.Uint32(l4[0:4])
-	case icmp:
+		k.w[keyWordMeta] |= kindPorts
+	case proto == icmp:
 		if len(l4) < 4 {
 			return KeyTruncatedL4
 		}
@@ -326,49 +328,52 @@ func icmpRequestType(icmp, typ uint8) (uint8, bool) {
 	return typ, false
 }
 
-// hasPorts reports whether the ports word holds a source and a destination
-// port, which swap with the addresses when the direction is reversed.
-func (k *FlowKey) hasPorts() bool {
-	if k.w[keyWordMeta]&kindFragment != 0 {
-		return false
-	}
-	switch k.Kind() {
-	case KindIPv4, KindIPv6:
-		switch k.Proto() {
-		case protoTCP, protoUDP, protoUDPLite, protoSCTP, protoDCCP:
-			return true
-		}
+func protoHasPorts(proto uint8) bool {
+	switch proto {
+	case protoTCP, protoUDP, protoUDPLite, protoSCTP, protoDCCP:
+		return true
 	}
 	return false
 }
 
+// hasPorts reports whether the ports word holds a source and a destination
+// port, which swap with the addresses when the direction is reversed. It is
+// decided once, by ExtractKey, because canonical needs it on every packet.
+func (k *FlowKey) hasPorts() bool { return k.w[keyWordMeta]&kindPorts != 0 }
+
 // Reverse returns the key of the other direction of the same flow.
 func (k FlowKey) Reverse() FlowKey {
-	r := k
-	r.w[0], r.w[1], r.w[2], r.w[3] = k.w[4], k.w[5], k.w[6], k.w[7]
-	r.w[4], r.w[5], r.w[6], r.w[7] = k.w[0], k.w[1], k.w[2], k.w[3]
-	if k.hasPorts() {
-		r.w[keyWordPorts] = bits.RotateLeft32(k.w[keyWordPorts], 16)
+	k.reverse()
+	return k
+}
+
+func (k *FlowKey) reverse() {
+	w := &k.w
+	w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7] = w[4], w[5], w[6], w[7], w[0], w[1], w[2], w[3]
+	if w[keyWordMeta]&kindPorts != 0 {
+		w[keyWordPorts] = bits.RotateLeft32(w[keyWordPorts], 16)
 	}
-	return r
 }
 
 // canonical orders the two endpoints so both directions of a flow give the
 // same key, and reports whether k had to be reversed to get there.
-func (k *FlowKey) canonical() (FlowKey, bool) {
+func (k *FlowKey) canonical() (c FlowKey, reversed bool) {
+	c = *k
+	if c.reversedIsSmaller() {
+		c.reverse()
+		return c, true
+	}
+	return c, false
+}
+
+func (k *FlowKey) reversedIsSmaller() bool {
+	w := &k.w
 	for i := range 4 {
-		a, b := k.w[keyWordA+i], k.w[keyWordB+i]
-		if a != b {
-			if a < b {
-				return *k, false
-			}
-			return k.Reverse(), true
+		if a, b := w[keyWordA+i], w[keyWordB+i]; a != b {
+			return a > b
 		}
 	}
-	if k.hasPorts() && k.w[keyWordPorts]>>16 > k.w[keyWordPorts]&0xffff {
-		return k.Reverse(), true
-	}
-	return *k, false
+	return w[keyWordMeta]&kindPorts != 0 && w[keyWordPorts]>>16 > w[keyWordPorts]&0xffff
 }
 
 // Kind says which fields are meaningful.
@@ -480,7 +485,8 @@ func MakeIPFlowKey(zone uint16, proto uint8, src, dst netip.AddrPort) (FlowKey, 
 		return FlowKey{}, fmt.Errorf("sourceroute: flow key needs two IPv4 or two IPv6 addresses, got %v and %v", src.Addr(), dst.Addr())
 	}
 	k.w[keyWordMeta] |= uint32(zone) << 16
-	if k.hasPorts() {
+	if protoHasPorts(proto) {
+		k.w[keyWordMeta] |= kindPorts
 		k.w[keyWordPorts] = uint32(src.Port())<<16 | uint32(dst.Port())
 	}
 	return k, nil

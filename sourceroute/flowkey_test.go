@@ -362,7 +362,7 @@ func FuzzExtractKey(f *testing.F) {
 			}
 			return
 		}
-		if k.Kind() == kindNone || k.Zone() != 9 || k.w[keyWordVLAN]&^vlanMask != 0 {
+		if k.Kind() == kindNone || k.Zone() != 9 || k.w[keyWordVLAN]&^vlanMask != 0 || k.w[keyWordMeta]&metaReversed != 0 {
 			t.Fatalf("malformed key %v", k)
 		}
 		if k.Reverse().Reverse() != k {

@@ -16,7 +16,8 @@ import (
 // flow's canonical key.
 //
 // Layout. Each shard is one flat array of fixed 52-byte slots (the 44-byte
-// key, a state byte, the caller's handle and a last-seen tick) searched by
+// key with the verdict and the direction bit in its spare bits, the
+// caller's handle and a last-seen tick) searched by
 // linear probing from a home slot chosen by the hash. There are no Go
 // pointers per flow, so the garbage collector never scans the table, and a
 // lookup reads one or two adjacent cache lines in the common case. Deletion
@@ -48,9 +49,6 @@ import (
 // table stores it but does not interpret it; 0 should mean "drop", so that a
 // zero FlowValue fails closed.
 type Verdict uint8
-
-// MaxVerdict is the largest Verdict the table can store (7 bits).
-const MaxVerdict Verdict = 0x7f
 
 // FlowValue is what the table keeps per flow besides the key and the
 // last-seen time: a verdict and a handle, for example an index into the
@@ -149,16 +147,17 @@ var ErrBadFlowTableConfig = errors.New("sourceroute: invalid flow table configur
 
 const (
 	// A slot is the key's 11 words, then the handle and the last-seen tick.
-	// The key's VLAN word keeps its top byte for the slot state.
-	slotWords     = keyWords + 2
-	slotWordState = keyWordVLAN
-	slotWordHdl   = keyWords
-	slotWordSeen  = keyWords + 1
-	slotBytes     = slotWords * 4
-
-	stateReversed = 0x80 << 24 // the initiator's packets are the reverse of the canonical key
-	verdictShift  = 24
-	verdictMask   = uint32(MaxVerdict) << verdictShift
+	// The verdict lives in the top byte of the key's VLAN word, and the
+	// direction of the flow's first packet in a spare bit of its meta word.
+	slotWords    = keyWords + 2
+	slotBytes    = slotWords * 4
+	largeAlloc   = 32 << 10 // the Go runtime's large-object threshold
+	runtimePage  = 8 << 10  // and the page size it rounds them to
+	slotWordHdl  = keyWords
+	slotWordSeen = keyWords + 1
+	metaReversed = 0x40 // the initiator's packets are the reverse of the canonical key
+	verdictShift = 24
+	verdictMask  = 0xff << verdictShift
 
 	// Linear probing stays at a few probes per hit up to this load;
 	// 52 bytes / 0.85 keeps the whole table near 61 bytes per flow.
@@ -173,10 +172,13 @@ const (
 	flowsPerShard  = 16 << 10
 	maxShards      = 256
 
-	// tickShift converts nanoseconds to last-seen ticks of 2^20 ns (about
-	// 1 ms); a uint32 of ticks wraps after 52 days, far beyond any idle
-	// timeout, and ages are computed modulo 2^32.
-	tickShift = 20
+	// tickShift converts nanoseconds to last-seen ticks of 2^24 ns (about
+	// 17 ms): fine enough for idle timeouts of seconds, and coarse enough
+	// that a busy flow's last-seen word is rewritten (an atomic store) only
+	// once per tick. Ages are tick differences read as int32, which bounds
+	// the idle timeout to maxIdleTimeout.
+	tickShift      = 24
+	maxIdleTimeout = time.Duration(1<<31-1) << tickShift
 
 	// workerFlushEvery bounds how stale the published lookup counters are.
 	workerFlushEvery = 1024
@@ -203,6 +205,7 @@ type FlowTable struct {
 	idleTicks   uint32
 	capacity    int
 	onRemove    func(Flow, RemoveReason)
+	_           [64]byte // the fields above are read by every lookup, the counters below written by inserts
 	lookups     atomic.Uint64
 	hits        atomic.Uint64
 	inserts     atomic.Uint64
@@ -218,8 +221,8 @@ func NewFlowTable(cfg FlowTableConfig) (*FlowTable, error) {
 	if cfg.Capacity < 1 {
 		return nil, fmt.Errorf("%w: capacity %d", ErrBadFlowTableConfig, cfg.Capacity)
 	}
-	if cfg.IdleTimeout <= 0 || cfg.IdleTimeout>>tickShift >= 1<<31 {
-		return nil, fmt.Errorf("%w: idle timeout %v must be positive and below 26 days", ErrBadFlowTableConfig, cfg.IdleTimeout)
+	if cfg.IdleTimeout <= 0 || cfg.IdleTimeout > maxIdleTimeout {
+		return nil, fmt.Errorf("%w: idle timeout %v must be positive and at most %v", ErrBadFlowTableConfig, cfg.IdleTimeout, maxIdleTimeout)
 	}
 	shards := cfg.Shards
 	if shards == 0 {
@@ -247,9 +250,17 @@ func NewFlowTable(cfg FlowTableConfig) (*FlowTable, error) {
 	}
 	share := (cfg.Capacity + shards - 1) / shards
 	n := max((share*maxLoadDen+maxLoadNum-1)/maxLoadNum, share+1)
+	if bytes := n * slotBytes; bytes > largeAlloc {
+		// The runtime hands out large objects in whole pages: use the rest
+		// of the last page for slots, which lowers the load for free.
+		n = (bytes + runtimePage - 1) / runtimePage * runtimePage / slotBytes
+	}
 	limit := max(share, min(n-1, n*maxShardLoadPct/100))
+	// One allocation for all shards, so that huge pages can span them.
+	backing := make([]slot, n*shards)
+	adviseHugePages(backing)
 	for i := range t.shards {
-		t.shards[i].slots = make([]slot, n)
+		t.shards[i].slots = backing[i*n : (i+1)*n : (i+1)*n]
 		t.shards[i].limit = limit
 	}
 	return t, nil
@@ -325,12 +336,19 @@ func (sh *flowShard) home(h uint64) uint32 {
 }
 
 func (sh *flowShard) homeOf(t *FlowTable, i uint32) uint32 {
+	k := sh.keyAt(i)
+	return sh.home(t.hash(&k))
+}
+
+// keyAt is the canonical key stored in slot i.
+func (sh *flowShard) keyAt(i uint32) FlowKey {
 	var k FlowKey
 	for j := range keyWords {
 		k.w[j] = atomic.LoadUint32(&sh.slots[i][j])
 	}
+	k.w[keyWordMeta] &^= metaReversed
 	k.w[keyWordVLAN] &= vlanMask
-	return sh.home(t.hash(&k))
+	return k
 }
 
 func occupied(s *slot) bool { return atomic.LoadUint32(&s[keyWordMeta])&kindMask != 0 }
@@ -347,7 +365,7 @@ func (sh *flowShard) find(k *FlowKey, home uint32) (uint32, bool) {
 			return 0, false
 		}
 		// Ports and the IPv4 addresses differ first between most flows.
-		if meta == k.w[keyWordMeta] &&
+		if meta&^metaReversed == k.w[keyWordMeta] &&
 			atomic.LoadUint32(&s[keyWordPorts]) == k.w[keyWordPorts] &&
 			atomic.LoadUint32(&s[0]) == k.w[0] &&
 			atomic.LoadUint32(&s[4]) == k.w[4] &&
@@ -434,10 +452,11 @@ func (sh *flowShard) lookup(c *FlowKey, home uint32, reversed bool, now uint32) 
 			continue
 		}
 		i, found := sh.find(c, home)
-		var state, handle, seen uint32
+		var meta, vlan, handle, seen uint32
 		if found {
 			s := &sh.slots[i]
-			state = atomic.LoadUint32(&s[slotWordState])
+			meta = atomic.LoadUint32(&s[keyWordMeta])
+			vlan = atomic.LoadUint32(&s[keyWordVLAN])
 			handle = atomic.LoadUint32(&s[slotWordHdl])
 			seen = atomic.LoadUint32(&s[slotWordSeen])
 		}
@@ -457,16 +476,16 @@ func (sh *flowShard) lookup(c *FlowKey, home uint32, reversed bool, now uint32) 
 				continue
 			}
 		}
-		return valueOf(state, handle), direction(state, reversed), true
+		return valueOf(vlan, handle), direction(meta, reversed), true
 	}
 }
 
-func valueOf(state, handle uint32) FlowValue {
-	return FlowValue{Handle: handle, Verdict: Verdict((state & verdictMask) >> verdictShift)}
+func valueOf(vlan, handle uint32) FlowValue {
+	return FlowValue{Handle: handle, Verdict: Verdict(vlan >> verdictShift)}
 }
 
-func direction(state uint32, reversed bool) Direction {
-	if (state&stateReversed != 0) != reversed {
+func direction(meta uint32, reversed bool) Direction {
+	if (meta&metaReversed != 0) != reversed {
 		return Reverse
 	}
 	return Forward
@@ -477,13 +496,10 @@ func (t *FlowTable) insert(sh *flowShard, c *FlowKey, home uint32, reversed bool
 	defer sh.mu.Unlock()
 	if i, ok := sh.find(c, home); ok { // another worker created it meanwhile
 		s := &sh.slots[i]
-		return valueOf(atomic.LoadUint32(&s[slotWordState]), atomic.LoadUint32(&s[slotWordHdl])),
-			direction(atomic.LoadUint32(&s[slotWordState]), reversed), nil
+		return valueOf(atomic.LoadUint32(&s[keyWordVLAN]), atomic.LoadUint32(&s[slotWordHdl])),
+			direction(atomic.LoadUint32(&s[keyWordMeta]), reversed), nil
 	}
 	v, err := decide(*asSeen)
-	if err == nil && v.Verdict > MaxVerdict {
-		err = fmt.Errorf("verdict %d above %d", v.Verdict, MaxVerdict)
-	}
 	if err != nil {
 		t.policyErrs.Add(1)
 		return FlowValue{}, Forward, policyError(*asSeen, err)
@@ -492,9 +508,9 @@ func (t *FlowTable) insert(sh *flowShard, c *FlowKey, home uint32, reversed bool
 	if (overCapacity || sh.count >= sh.limit) && sh.count > 0 {
 		t.evictNear(sh, home, now)
 	}
-	state := uint32(v.Verdict) << verdictShift
+	meta := c.w[keyWordMeta]
 	if reversed {
-		state |= stateReversed
+		meta |= metaReversed
 	}
 	n := uint32(len(sh.slots))
 	i := home
@@ -505,10 +521,11 @@ func (t *FlowTable) insert(sh *flowShard, c *FlowKey, home uint32, reversed bool
 	}
 	sh.seq.Add(1)
 	s := &sh.slots[i]
-	for j := range keyWords {
+	for j := range keyWordMeta {
 		atomic.StoreUint32(&s[j], c.w[j])
 	}
-	atomic.StoreUint32(&s[slotWordState], c.w[keyWordVLAN]|state)
+	atomic.StoreUint32(&s[keyWordMeta], meta)
+	atomic.StoreUint32(&s[keyWordVLAN], c.w[keyWordVLAN]|uint32(v.Verdict)<<verdictShift)
 	atomic.StoreUint32(&s[slotWordHdl], v.Handle)
 	atomic.StoreUint32(&s[slotWordSeen], now)
 	sh.seq.Add(1)
@@ -594,18 +611,13 @@ func next(i, n uint32) uint32 {
 // flowAt reports slot i as a Flow oriented as its first packet. Under sh.mu.
 func (sh *flowShard) flowAt(i uint32, now uint32) Flow {
 	s := &sh.slots[i]
-	var k FlowKey
-	for j := range keyWords {
-		k.w[j] = atomic.LoadUint32(&s[j])
-	}
-	state := k.w[keyWordVLAN]
-	k.w[keyWordVLAN] &= vlanMask
-	if state&stateReversed != 0 {
+	k := sh.keyAt(i)
+	if atomic.LoadUint32(&s[keyWordMeta])&metaReversed != 0 {
 		k = k.Reverse()
 	}
 	return Flow{
 		Key:   k,
-		Value: valueOf(state, atomic.LoadUint32(&s[slotWordHdl])),
+		Value: valueOf(atomic.LoadUint32(&s[keyWordVLAN]), atomic.LoadUint32(&s[slotWordHdl])),
 		Idle:  time.Duration(age(now, atomic.LoadUint32(&s[slotWordSeen]))) << tickShift,
 	}
 }
@@ -642,15 +654,35 @@ type FlowVisitor func(f *Flow) VisitAction
 // Visit calls fn once for every flow, shard by shard, and returns how many
 // flows it updated and deleted. nowNanos only sets Flow.Idle. Flows created
 // while Visit runs may or may not be visited. This is how a policy change or
-// an appliance failover rewrites "all flows using instance X".
+// an appliance failover rewrites "all flows using instance X". Each shard
+// stays locked for writers while it is visited; lookups go on.
 func (t *FlowTable) Visit(nowNanos int64, fn FlowVisitor) (updated, deleted int) {
 	now := tick(nowNanos)
+	stopped := false
 	for si := range t.shards {
-		u, d, stop := t.visitShard(&t.shards[si], now, func(f *Flow) (VisitAction, RemoveReason) {
-			return fn(f), RemovedDeleted
+		sh := &t.shards[si]
+		t.scanShard(sh, func(i uint32) (removed, stop bool) {
+			f := sh.flowAt(i, now)
+			switch fn(&f) {
+			case VisitStop:
+				stopped = true
+				return false, true
+			case VisitDelete:
+				t.removeAt(sh, i, RemovedDeleted, now)
+				deleted++
+				return true, false
+			case VisitUpdate:
+				s := &sh.slots[i]
+				vlan := atomic.LoadUint32(&s[keyWordVLAN])&^verdictMask | uint32(f.Value.Verdict)<<verdictShift
+				sh.seq.Add(1)
+				atomic.StoreUint32(&s[keyWordVLAN], vlan)
+				atomic.StoreUint32(&s[slotWordHdl], f.Value.Handle)
+				sh.seq.Add(1)
+				updated++
+			}
+			return false, false
 		})
-		updated, deleted = updated+u, deleted+d
-		if stop {
+		if stopped {
 			break
 		}
 	}
@@ -664,22 +696,27 @@ func (t *FlowTable) Expire(nowNanos int64) int {
 	now := tick(nowNanos)
 	expired := 0
 	for si := range t.shards {
-		_, d, _ := t.visitShard(&t.shards[si], now, func(f *Flow) (VisitAction, RemoveReason) {
-			if uint32(f.Idle>>tickShift) > t.idleTicks {
-				return VisitDelete, RemovedExpired
+		sh := &t.shards[si]
+		t.scanShard(sh, func(i uint32) (removed, stop bool) {
+			if age(now, atomic.LoadUint32(&sh.slots[i][slotWordSeen])) <= t.idleTicks {
+				return false, false
 			}
-			return VisitKeep, RemovedExpired
+			t.removeAt(sh, i, RemovedExpired, now)
+			expired++
+			return true, false
 		})
-		expired += d
 	}
 	return expired
 }
 
-func (t *FlowTable) visitShard(sh *flowShard, now uint32, fn func(*Flow) (VisitAction, RemoveReason)) (updated, deleted int, stop bool) {
+// scanShard calls fn for every occupied slot of sh with the shard locked.
+// fn reports whether it removed the slot's flow, so that the entry shifted
+// into the slot is visited next, and whether to stop.
+func (t *FlowTable) scanShard(sh *flowShard, fn func(i uint32) (removed, stop bool)) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if sh.count == 0 {
-		return 0, 0, false
+		return
 	}
 	n := uint32(len(sh.slots))
 	// Start just after an empty slot, so no cluster wraps around the start
@@ -690,31 +727,15 @@ func (t *FlowTable) visitShard(sh *flowShard, now uint32, fn func(*Flow) (VisitA
 	}
 	i := next(start, n)
 	for visited := uint32(0); visited < n; {
-		if !occupied(&sh.slots[i]) {
-			i, visited = next(i, n), visited+1
-			continue
-		}
-		f := sh.flowAt(i, now)
-		action, why := fn(&f)
-		switch action {
-		case VisitStop:
-			return updated, deleted, true
-		case VisitDelete:
-			t.removeAt(sh, i, why, now)
-			deleted++
-			continue // slot i now holds the next entry of the cluster, if any
-		case VisitUpdate:
-			if f.Value.Verdict <= MaxVerdict {
-				s := &sh.slots[i]
-				state := atomic.LoadUint32(&s[slotWordState])&^verdictMask | uint32(f.Value.Verdict)<<verdictShift
-				sh.seq.Add(1)
-				atomic.StoreUint32(&s[slotWordState], state)
-				atomic.StoreUint32(&s[slotWordHdl], f.Value.Handle)
-				sh.seq.Add(1)
-				updated++
+		if occupied(&sh.slots[i]) {
+			removed, stop := fn(i)
+			if stop {
+				return
+			}
+			if removed {
+				continue
 			}
 		}
 		i, visited = next(i, n), visited+1
 	}
-	return updated, deleted, false
 }

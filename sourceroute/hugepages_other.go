@@ -1,0 +1,5 @@
+//go:build !linux
+
+package sourceroute
+
+func adviseHugePages([]slot) {}
