@@ -75,6 +75,10 @@ type Options struct {
 	MaxBackoff time.Duration
 	// Now is the clock, replaceable in tests of the gate timeout.
 	Now func() time.Time
+	// Heartbeat, if set, is called at least every second from the loop
+	// that dispatches libvirt events, so a watchdog can tell a hung agent
+	// from an idle one.
+	Heartbeat func()
 }
 
 // Agent is the control loop. Create it with New and drive it with Run.
@@ -188,10 +192,26 @@ func (a *Agent) Run(ctx context.Context) error {
 // itself, so it keeps up with bursts.
 func (a *Agent) dispatch(ctx context.Context) error {
 	events := a.hv.Events()
+	beat := time.NewTicker(time.Second)
+	defer beat.Stop()
+	resyncEvery := a.Config().Agent.ResyncInterval
+	if resyncEvery <= 0 {
+		resyncEvery = 5 * time.Minute
+	}
+	resync := time.NewTicker(resyncEvery)
+	defer resync.Stop()
 	for {
+		if a.opts.Heartbeat != nil {
+			a.opts.Heartbeat()
+		}
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-beat.C:
+		case <-resync.C:
+			// A periodic pass is the safety net under the events: whatever
+			// was missed is found here.
+			a.requeueAll(ctx)
 		case ev, ok := <-events:
 			if !ok {
 				return errors.New("libvirt event stream closed")

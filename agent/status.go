@@ -237,3 +237,7 @@ func (a *Agent) recordEvent(e Event) {
 // Events returns the logged events after seq, and a channel that is closed
 // when another arrives (for following).
 func (a *Agent) Events(seq uint64) ([]Event, <-chan struct{}) { return a.events.since(seq) }
+
+// Settled reports whether the agent has no work waiting or in progress: every
+// event so far has been reconciled.
+func (a *Agent) Settled() bool { return a.queue.idle() }

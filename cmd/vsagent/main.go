@@ -3,19 +3,44 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/vsagent/vsagent/internal/version"
 )
 
+const usage = `usage: vsagent COMMAND [flags]
+
+commands:
+  run [-c FILE]            run the agent (what systemd starts)
+  check-config [-c FILE]   validate a configuration; print every error
+  demo                     run vsagent's job on a simulated host and narrate it
+  version                  print the version
+`
+
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "check-config" {
-		os.Exit(runCheckConfig(os.Args[2:]))
+	os.Exit(dispatch(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func dispatch(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
 	}
-	if len(os.Args) > 1 && os.Args[1] == "version" {
-		fmt.Println("vsagent", version.Version)
-		return
+	switch args[0] {
+	case "run":
+		return runDaemon(args[1:], stderr)
+	case "check-config":
+		return runCheckConfig(args[1:])
+	case "demo":
+		return runDemo(args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, "vsagent", version.Version)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
 	}
-	fmt.Fprintln(os.Stderr, "usage: vsagent version")
-	os.Exit(2)
+	fmt.Fprintf(stderr, "vsagent: unknown command %q\n%s", args[0], usage)
+	return 2
 }
