@@ -131,7 +131,7 @@ func (r *recordingHV) takeCalls() []string {
 }
 
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	conn   *hypervisor.Conn
 	hv     *recordingHV
 	dir    string
@@ -143,7 +143,7 @@ type harness struct {
 // newHarness gives each test its own private test-driver host: the
 // connection is shared by the test and the agent because every connection to
 // test:///<file> sees a state of its own.
-func newHarness(t *testing.T) *harness {
+func newHarness(t testing.TB) *harness {
 	t.Helper()
 	node, err := filepath.Abs("testdata/node.xml")
 	if err != nil {
