@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"os"
 	"testing"
 	"time"
 
@@ -16,7 +15,7 @@ import (
 )
 
 // openIn opens a packet transport on ifname inside ns.
-func openIn(t *testing.T, ns *netnstest.NS, ifname string, cfg PacketConfig) *PacketTransport {
+func openIn(t testing.TB, ns *netnstest.NS, ifname string, cfg PacketConfig) *PacketTransport {
 	t.Helper()
 	var tr *PacketTransport
 	if err := ns.Do(func() (err error) {
@@ -29,8 +28,24 @@ func openIn(t *testing.T, ns *netnstest.NS, ifname string, cfg PacketConfig) *Pa
 	return tr
 }
 
+// dmAndVSA wires a "dm" namespace to a "vsa" namespace with one veth pair
+// (MACs of the test vectors' DM and VSA1) and opens a packet transport on
+// each end: the DM's takes every frame addressed to it, the VSA's only MSR
+// frames addressed to it.
+func dmAndVSA(tb testing.TB, recvBuffer int) (dmTr, vsaTr *PacketTransport) {
+	dmNS, vsaNS := netnstest.New(tb), netnstest.New(tb)
+	dmNS.QuietIPv6(tb)
+	vsaNS.QuietIPv6(tb)
+	netnstest.Veth(tb,
+		netnstest.End{NS: dmNS, Name: "dm0", MAC: net.HardwareAddr(dm[:])},
+		netnstest.End{NS: vsaNS, Name: "vsa0", MAC: net.HardwareAddr(vsa1[:])})
+	dmTr = openIn(tb, dmNS, "dm0", PacketConfig{OnlyTo: dm, RecvBuffer: recvBuffer})
+	vsaTr = openIn(tb, vsaNS, "vsa0", PacketConfig{EtherType: sourceroute.DefaultEtherType, OnlyTo: vsa1, RecvBuffer: recvBuffer})
+	return dmTr, vsaTr
+}
+
 // encapsulate builds the MSR frame the DM would send for route.
-func encapsulate(t *testing.T, route []sourceroute.MAC, inner []byte) []byte {
+func encapsulate(t testing.TB, route []sourceroute.MAC, inner []byte) []byte {
 	t.Helper()
 	codec := sourceroute.DefaultCodec()
 	hdr := make([]byte, sourceroute.HeaderLen(len(route)))
@@ -51,15 +66,7 @@ func encapsulate(t *testing.T, route []sourceroute.MAC, inner []byte) []byte {
 // drops it), and a rewrite that outgrows the link's MTU is counted as too
 // big instead of being sent.
 func TestPacketTransportForwards(t *testing.T) {
-	dmNS, vsaNS := netnstest.New(t), netnstest.New(t)
-	dmNS.QuietIPv6(t)
-	vsaNS.QuietIPv6(t)
-	netnstest.Veth(t,
-		netnstest.End{NS: dmNS, Name: "dm0", MAC: net.HardwareAddr(dm[:])},
-		netnstest.End{NS: vsaNS, Name: "vsa0", MAC: net.HardwareAddr(vsa1[:])})
-
-	dmTr := openIn(t, dmNS, "dm0", PacketConfig{OnlyTo: dm})
-	vsaTr := openIn(t, vsaNS, "vsa0", PacketConfig{EtherType: sourceroute.DefaultEtherType, OnlyTo: vsa1})
+	dmTr, vsaTr := dmAndVSA(t, 0)
 	if vsaTr.MAC() != vsa1 || vsaTr.MTU() != 1500 || vsaTr.Interface() != "vsa0" {
 		t.Fatalf("transport reports MAC %s MTU %d interface %s", vsaTr.MAC(), vsaTr.MTU(), vsaTr.Interface())
 	}
@@ -176,30 +183,7 @@ func TestPacketTransportTooBigForBuffer(t *testing.T) {
 // reported as lost/op rather than waited for. allocs/op covers both sides
 // and the test's per-window deadline; the appliance adds none.
 func BenchmarkPacketForward(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("skipping: needs root for namespaces and packet sockets")
-	}
-	dmNS, vsaNS := netnstest.New(b), netnstest.New(b)
-	dmNS.QuietIPv6(b)
-	vsaNS.QuietIPv6(b)
-	netnstest.Veth(b,
-		netnstest.End{NS: dmNS, Name: "dm0", MAC: net.HardwareAddr(dm[:])},
-		netnstest.End{NS: vsaNS, Name: "vsa0", MAC: net.HardwareAddr(vsa1[:])})
-	var dmTr, vsaTr *PacketTransport
-	if err := dmNS.Do(func() (err error) {
-		dmTr, err = OpenPacket("dm0", PacketConfig{OnlyTo: dm, RecvBuffer: 4 << 20})
-		return err
-	}); err != nil {
-		b.Fatal(err)
-	}
-	defer dmTr.Close()
-	if err := vsaNS.Do(func() (err error) {
-		vsaTr, err = OpenPacket("vsa0", PacketConfig{EtherType: sourceroute.DefaultEtherType, OnlyTo: vsa1, RecvBuffer: 4 << 20})
-		return err
-	}); err != nil {
-		b.Fatal(err)
-	}
-	defer vsaTr.Close()
+	dmTr, vsaTr := dmAndVSA(b, 4<<20)
 	a, err := NewAppliance(ApplianceConfig{Self: vsa1, Transport: vsaTr, Inspector: passAll})
 	if err != nil {
 		b.Fatal(err)
@@ -209,13 +193,7 @@ func BenchmarkPacketForward(b *testing.B) {
 	go func() { done <- a.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 
-	codec := sourceroute.DefaultCodec()
-	hdr := make([]byte, sourceroute.HeaderLen(2))
-	if _, err := codec.BuildHeader(hdr, dm, []sourceroute.MAC{vsa1, dm}); err != nil {
-		b.Fatal(err)
-	}
-	frame := make([]byte, len(hdr)+60)
-	copy(frame, hdr)
+	frame := encapsulate(b, []sourceroute.MAC{vsa1, dm}, make([]byte, 60))
 	buf := make([]byte, 2048)
 	const window = 32
 	lost := 0

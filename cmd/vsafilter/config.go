@@ -132,24 +132,16 @@ func parseConfigOver(base *config, name string, data []byte) (*config, error) {
 	}
 	ruleNames := make(map[string]string)
 	for i, t := range root.tables("rule") {
-		if r := decodeRule(t, i); r != nil {
-			if prev, dup := ruleNames[r.name]; dup {
-				t.errorf("name", "rule name %q already used by %s", r.name, prev)
-			}
-			ruleNames[r.name] = t.path
-			cfg.rules = append(cfg.rules, r)
-		}
+		r := decodeRule(t, i)
+		uniqueName(t, "rule", r.name, ruleNames)
+		cfg.rules = append(cfg.rules, r)
 		t.done()
 	}
 	sigNames := make(map[string]string)
 	for i, t := range root.tables("signature") {
-		if s := decodeSignature(t, i); s != nil {
-			if prev, dup := sigNames[s.name]; dup {
-				t.errorf("name", "signature name %q already used by %s", s.name, prev)
-			}
-			sigNames[s.name] = t.path
-			cfg.signatures = append(cfg.signatures, s)
-		}
+		s := decodeSignature(t, i)
+		uniqueName(t, "signature", s.name, sigNames)
+		cfg.signatures = append(cfg.signatures, s)
 		t.done()
 	}
 	root.done()
@@ -163,6 +155,16 @@ func parseConfigOver(base *config, name string, data []byte) (*config, error) {
 		return nil, ConfigErrors(d.errs)
 	}
 	return cfg, nil
+}
+
+// uniqueName reports name if an earlier element of the same array of
+// tables already uses it: counters and logs are keyed by name.
+func uniqueName(t *table, kind, name string, seen map[string]string) {
+	if prev, dup := seen[name]; dup {
+		t.errorf("name", "%s name %q already used by %s", kind, name, prev)
+		return
+	}
+	seen[name] = t.path
 }
 
 func (cfg *config) decodeInterface(t *table) {

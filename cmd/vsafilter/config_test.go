@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"log/slog"
@@ -167,4 +168,42 @@ func TestConfigDefaultsAndValues(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzParseConfig: any input is either a configuration or a list of
+// located errors; never a panic, never an error without its file.
+func FuzzParseConfig(f *testing.F) {
+	if data, err := os.ReadFile("testdata/example.toml"); err == nil {
+		f.Add(data)
+	}
+	files, _ := filepath.Glob("testdata/bad/*.toml")
+	for _, file := range files {
+		if data, err := os.ReadFile(file); err == nil {
+			f.Add(data)
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := parseConfig("f.toml", data)
+		if err == nil {
+			if cfg == nil {
+				t.Fatal("no config and no error")
+			}
+			for _, r := range cfg.rules {
+				if r.name == "" {
+					t.Fatal("unnamed rule accepted")
+				}
+			}
+			return
+		}
+		var errs ConfigErrors
+		if !errors.As(err, &errs) || len(errs) == 0 {
+			t.Fatalf("error %v is not ConfigErrors", err)
+		}
+		nlines := bytes.Count(data, []byte("\n")) + 1
+		for _, e := range errs {
+			if e.File != "f.toml" || e.Line < 0 || e.Line > nlines {
+				t.Fatalf("badly located error %+v in a %d-line input", e, nlines)
+			}
+		}
+	})
 }

@@ -265,14 +265,7 @@ func TestTwoVsafiltersInNamespaces(t *testing.T) {
 	vsa1 := startVsafilter(t, ctx, vsa1NS, bin, "vsa1", vsa1Config, "-i", "eth0")
 	vsa2 := startVsafilter(t, ctx, vsa2NS, bin, "vsa2", vsa2Config, "-i", "eth0")
 
-	var dm *appliance.PacketTransport
-	if err := dmNS.Do(func() (err error) {
-		dm, err = appliance.OpenPacket("eth0", appliance.PacketConfig{OnlyTo: dmMAC})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer dm.Close()
+	dm := openDM(t, dmNS)
 	buf := make([]byte, 4096)
 	// receive returns the next frame at the DM, or nil after wait.
 	receive := func(wait time.Duration) []byte {
@@ -383,6 +376,21 @@ func TestTwoVsafiltersInNamespaces(t *testing.T) {
 	vsa2.stop(t)
 }
 
+// openDM opens the test DM's packet socket on eth0 in ns: every frame
+// addressed to the DM, of any EtherType (forwards and drop notices).
+func openDM(t *testing.T, ns *netnstest.NS) *appliance.PacketTransport {
+	t.Helper()
+	var dm *appliance.PacketTransport
+	if err := ns.Do(func() (err error) {
+		dm, err = appliance.OpenPacket("eth0", appliance.PacketConfig{OnlyTo: dmMAC})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dm.Close() })
+	return dm
+}
+
 // checkInvalidNames guards the test's expectations against renamed reasons.
 func checkInvalidNames(t *testing.T) {
 	t.Helper()
@@ -486,14 +494,7 @@ func TestVsafilterFromKernelCmdline(t *testing.T) {
 	}
 	vsaNS.WaitOperUp(t, "eth0")
 
-	var dm *appliance.PacketTransport
-	if err := dmNS.Do(func() (err error) {
-		dm, err = appliance.OpenPacket("eth0", appliance.PacketConfig{OnlyTo: dmMAC})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer dm.Close()
+	dm := openDM(t, dmNS)
 	frame := encapsulateFor(t, []sourceroute.MAC{vsa1MAC, dmMAC}, eth(etherTypeIPv4, ipv4(protoUDP, "10.0.0.1", "10.0.0.2", udp(1, 53, []byte("hi")))))
 	want := advancedBy(t, frame, vsa1MAC)
 	buf := make([]byte, 2048)
