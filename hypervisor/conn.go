@@ -269,8 +269,9 @@ func (c *Conn) register(virt *libvirt.Connect, gen uint64) ([]int, error) {
 		return nil, fmt.Errorf("register metadata events: %w", err)
 	}
 	ids = append(ids, id)
-	// Only one close callback per connection exists; it carries the
-	// generation so that a late one from a replaced connection is ignored.
+	// Only one close callback per connection exists. The generation is for
+	// the log: a late callback of a replaced connection merely makes the
+	// supervisor check the current one, which it finds alive.
 	if err := virt.RegisterCloseCallback(func(_ *libvirt.Connect, reason libvirt.ConnectCloseReason) {
 		c.onClose(gen, reason)
 	}); err != nil {

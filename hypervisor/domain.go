@@ -401,3 +401,19 @@ func impact(d *libvirt.Domain) (live, config bool, err error) {
 	}
 	return active, persistent, nil
 }
+
+// AboutToRun reports whether the domain is paused only on its way to
+// running: QEMU starts with its vCPUs stopped and libvirt resumes them when
+// the start (or an incoming migration) completes, unless asked to keep the
+// domain paused. A gate must treat such a domain as running — pause it and
+// resume it later — not as one its operator paused.
+func (d Domain) AboutToRun() bool {
+	if d.State != StatePaused {
+		return false
+	}
+	switch libvirt.DomainPausedReason(d.Reason) {
+	case libvirt.DOMAIN_PAUSED_STARTING_UP, libvirt.DOMAIN_PAUSED_MIGRATION:
+		return true
+	}
+	return false
+}

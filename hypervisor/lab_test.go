@@ -5,6 +5,7 @@ import (
 	"errors"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -146,4 +147,43 @@ func pingGuest(ctx context.Context, t *testing.T, lab *libvirtlab.Lab, ip string
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Fatalf("guest %s never answered: %v", ip, err)
+}
+
+// A daemon that hangs without closing its socket is only noticed through
+// keepalive, which works only with the event loop running.
+func TestKeepaliveDetectsHungDaemon(t *testing.T) {
+	lab := libvirtlab.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := Connect(ctx, lab.URI(), Options{
+		Logger:            testLogger(t),
+		MinBackoff:        20 * time.Millisecond,
+		MaxBackoff:        200 * time.Millisecond,
+		KeepaliveInterval: 1,
+		KeepaliveCount:    2,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	nextEvent(t, c, func(ev Event) bool { return ev.Kind == EventResync })
+
+	if err := lab.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lab.Signal(syscall.SIGCONT) })
+	// The call hangs until keepalive gives up on the daemon.
+	if _, err := c.ListDomains(ctx); !errors.Is(err, ErrDisconnected) {
+		t.Fatalf("ListDomains on a hung daemon: %v, want ErrDisconnected", err)
+	}
+	if err := lab.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	resync := nextEvent(t, c, func(ev Event) bool { return ev.Kind == EventResync })
+	if resync.Detail != "reconnected" || c.Reconnects() != 1 {
+		t.Fatalf("after the daemon recovered: %+v, %d reconnects", resync, c.Reconnects())
+	}
+	if _, err := c.ListDomains(ctx); err != nil {
+		t.Fatalf("ListDomains after reconnect: %v", err)
+	}
 }

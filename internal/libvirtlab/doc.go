@@ -6,11 +6,11 @@
 // /run is a fresh tmpfs and /etc/libvirt, /var/lib/libvirt, /var/log/libvirt
 // and /var/cache/libvirt are bind mounts of directories under Lab.Dir. A
 // holder process owns those namespaces, so libvirtd can be killed and
-// restarted (Kill, Restart) without losing its state or its running guests;
-// Stop removes every process, mount and the namespace. Each lab gets a
-// distinct random host UUID, because libvirt refuses to migrate between hosts
-// with the same one. Clients reach a lab through its socket in Lab.Dir
-// (Lab.URI); Lab.Exec runs commands inside its namespaces.
+// restarted (Kill, Restart) or frozen (Signal) without losing its state or
+// its running guests; Stop removes every process, mount and the namespace.
+// Each lab gets a distinct random host UUID, because libvirt refuses to
+// migrate between hosts with the same one. Clients reach a lab through its
+// socket in Lab.Dir (Lab.URI); Lab.Exec runs commands inside its namespaces.
 //
 // GuestImage fetches a Debian kernel (downloaded with apt, unpacked, never
 // installed) and builds an initramfs around busybox-static that configures

@@ -37,16 +37,18 @@ for arg in $(cat /proc/cmdline); do
 	guestname=*) hostname "${arg#*=}" ;;
 	esac
 done
+# The responders listen before any address exists, so a guest that answers
+# ping answers on its ports too.
+mkdir -p /www
+hostname > /www/index.html
+httpd -p 80 -h /www
+nc -ll -p 7 -e /bin/cat &
 # NICs appear asynchronously once virtio_net has probed them.
 i=0
 while [ $i -lt 100 ] && [ ! -e /sys/class/net/eth0 ]; do sleep 0.1; i=$((i+1)); done
 for dev in /sys/class/net/eth*; do [ -e "$dev" ] && ip link set "${dev##*/}" up; done
 while read n addr; do ip addr add "$addr" dev "eth$n"; done < /tmp/addrs
 if [ -n "$gw" ]; then ip route add default via "$gw"; fi
-mkdir -p /www
-hostname > /www/index.html
-httpd -p 80 -h /www
-nc -ll -p 7 -e /bin/cat &
 ip -o addr show
 echo "` + GuestReady + `"
 while :; do sleep 3600; done

@@ -371,6 +371,18 @@ func (l *Lab) Kill() error {
 	return nil
 }
 
+// Signal sends sig to libvirtd, for example SIGSTOP and SIGCONT to simulate
+// a daemon that hangs and recovers.
+func (l *Lab) Signal(sig syscall.Signal) error {
+	l.mu.Lock()
+	d := l.daemon
+	l.mu.Unlock()
+	if d == nil || d.exited() {
+		return errors.New("libvirtlab: libvirtd is not running")
+	}
+	return d.cmd.Process.Signal(sig)
+}
+
 // Restart starts libvirtd again (killing it first if it runs) on the same
 // configuration, state and namespaces; it reattaches to running guests.
 func (l *Lab) Restart(ctx context.Context) error {

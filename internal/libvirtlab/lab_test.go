@@ -71,11 +71,15 @@ func TestLab(t *testing.T) {
 		_, err := l.Exec(ctx, "busybox", "ping", "-c", "1", "-W", "1", "10.78.0.2")
 		return err == nil
 	})
+	waitFor(t, "the guest reports ready on its console", func() bool {
+		out, _ := os.ReadFile(console)
+		return strings.Contains(string(out), GuestReady)
+	})
 	if out, err := l.Exec(ctx, "busybox", "wget", "-q", "-O", "-", "http://10.78.0.2/"); err != nil || strings.TrimSpace(string(out)) != "g" {
 		t.Fatalf("guest http = %q, %v; want its name", out, err)
 	}
-	if out, err := os.ReadFile(console); err != nil || !strings.Contains(string(out), GuestReady) {
-		t.Fatalf("console lacks %q: %v\n%s", GuestReady, err, out)
+	if out, err := l.Exec(ctx, "sh", "-c", "echo vsagent | busybox nc -w 2 10.78.0.2 7"); err != nil || strings.TrimSpace(string(out)) != "vsagent" {
+		t.Fatalf("guest echo = %q, %v", out, err)
 	}
 	pidText, err := l.Exec(ctx, "cat", "/run/libvirt/qemu/g.pid")
 	if err != nil {
