@@ -170,7 +170,7 @@ func (a *Agent) gateGuest(ctx context.Context, dom hypervisor.Domain, gate gateR
 			Since:   a.opts.Now().UTC(),
 			Policy:  policy,
 			Waiting: strings.Join(waiting, ","),
-			Resume:  dom.State == hypervisor.StateRunning,
+			Resume:  dom.State == hypervisor.StateRunning || dom.AboutToRun(),
 		}
 		x, err := gate.marshal()
 		if err != nil {
@@ -182,7 +182,7 @@ func (a *Agent) gateGuest(ctx context.Context, dom hypervisor.Domain, gate gateR
 		log.Info("guest gated: waiting for its appliances", "policy", policy, "waiting", gate.Waiting)
 		a.recordEvent(Event{Kind: EventGated, Guest: dom.Name, Message: "waiting for " + gate.Waiting})
 	}
-	if dom.State == hypervisor.StateRunning {
+	if dom.State == hypervisor.StateRunning || dom.AboutToRun() {
 		if err := a.hv.Suspend(ctx, dom.UUID); err != nil {
 			return gate, fmt.Errorf("pause %s: %w", dom.Name, err)
 		}
