@@ -10,7 +10,7 @@
 //
 // It writes JSON lines to stdout: one "ready" line once the socket is
 // bound, then "counters" lines every stats interval, on SIGUSR1 and on exit.
-// Logs go to stderr. It never uses cgo, so it builds as a static binary
+// Logs go to stderr. SIGTERM and SIGINT stop it cleanly; SIGHUP is ignored. It never uses cgo, so it builds as a static binary
 // that can be the program an appliance VM's init starts.
 package main
 
@@ -120,6 +120,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	usr1 := make(chan os.Signal, 1)
 	signal.Notify(usr1, syscall.SIGUSR1)
 	defer signal.Stop(usr1)
+	// There is no reload; a hangup (a serial console closing, a habit of
+	// sending SIGHUP to reload) must not kill the appliance either.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			log.Warn("SIGHUP ignored: vsafilter does not reload; restart it to apply a new configuration")
+		}
+	}()
 	if err := serve(ctx, cfg, source, stdout, log, usr1); err != nil {
 		log.Error("vsafilter failed", "err", err)
 		return exitFailed

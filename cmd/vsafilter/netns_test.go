@@ -462,7 +462,7 @@ func dropNotice(t *testing.T, from sourceroute.MAC, why sourceroute.NoticeReason
 // init does: everything from a kernel command line, with the interface
 // still down and a hop address that is not the interface's own (so it must
 // bring the link up and turn on promiscuous mode). It then forwards a
-// frame and prints counters on its own, every interval.
+// frame, prints counters on its own every interval, and survives SIGHUP.
 func TestVsafilterFromKernelCmdline(t *testing.T) {
 	netnstest.RequireRoot(t)
 	bin := buildVsafilter(t)
@@ -520,5 +520,10 @@ func TestVsafilterFromKernelCmdline(t *testing.T) {
 	if l := p.next(t, "counters", "interval"); l.Self != vsa1MAC.String() || l.Appliance.Forwarded == 0 || len(l.Filter.Rules) != 1 {
 		t.Errorf("interval counters %+v", l)
 	}
+	// A hangup must not end the appliance.
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	p.counters(t)
 	p.stop(t)
 }
