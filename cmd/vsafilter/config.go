@@ -38,6 +38,7 @@ type config struct {
 	malformed     action
 	rules         []*rule
 	signatures    []*signature
+	matcher       *matcher // the signatures compiled; nil without signatures
 }
 
 func defaultConfig() *config {
@@ -146,9 +147,11 @@ func parseConfigOver(base *config, name string, data []byte) (*config, error) {
 	}
 	root.done()
 	if len(d.errs) == 0 && len(cfg.signatures) > 0 {
-		if _, err := newMatcher(signaturePatterns(cfg.signatures)); err != nil {
+		m, err := newMatcher(signaturePatterns(cfg.signatures))
+		if err != nil {
 			d.errs = append(d.errs, &ConfigError{File: name, Line: lineOf(d.lines, "signature"), Key: "signature", Msg: err.Error()})
 		}
+		cfg.matcher = m
 	}
 	if len(d.errs) > 0 {
 		sort.SliceStable(d.errs, func(i, j int) bool { return d.errs[i].Line < d.errs[j].Line })

@@ -46,22 +46,23 @@ type filter struct {
 	generation    uint64
 }
 
-func newFilter(cfg *config, events slog.Handler) (*filter, error) {
-	f := &filter{
+func newFilter(cfg *config, events slog.Handler) *filter {
+	return &filter{
 		rules:         cfg.rules,
 		signatures:    cfg.signatures,
+		matcher:       cfg.matcher,
 		defaultAction: cfg.defaultAction,
 		malformed:     cfg.malformed,
 		events:        events,
 	}
-	if len(cfg.signatures) > 0 {
-		m, err := newMatcher(signaturePatterns(cfg.signatures))
-		if err != nil {
-			return nil, err
-		}
-		f.matcher = m
+}
+
+// automatonStates is the size of the signature automaton, for reports.
+func (f *filter) automatonStates() int {
+	if f.matcher == nil {
+		return 0
 	}
-	return f, nil
+	return f.matcher.states()
 }
 
 // Inspect implements appliance.Inspector. It allocates nothing unless an

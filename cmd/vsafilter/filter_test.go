@@ -68,11 +68,7 @@ proto = "tcp"
 
 func newTestFilter(t testing.TB, doc string, events slog.Handler) *filter {
 	t.Helper()
-	f, err := newFilter(mustConfig(t, doc), events)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return f
+	return newFilter(mustConfig(t, doc), events)
 }
 
 func TestFilterVerdicts(t *testing.T) {

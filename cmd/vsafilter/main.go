@@ -108,7 +108,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	if cmd == "check" {
-		return check(cfg, source, stdout, stderr)
+		return check(cfg, source, stdout)
 	}
 	if cfg.iface == "" {
 		fmt.Fprintln(stderr, "vsafilter: no interface: set [interface] name, vsafilter.iface or -i")
@@ -168,18 +168,9 @@ func loadConfig(path string, fromCmdline bool, cmdlinePath string) (*config, str
 	return cfg, path, err
 }
 
-func check(cfg *config, source string, stdout, stderr io.Writer) int {
-	f, err := newFilter(cfg, nil)
-	if err != nil {
-		fmt.Fprintf(stderr, "vsafilter: %s: %v\n", source, err)
-		return exitFailed
-	}
-	states := 0
-	if f.matcher != nil {
-		states = f.matcher.states()
-	}
+func check(cfg *config, source string, stdout io.Writer) int {
 	fmt.Fprintf(stdout, "%s: ok: %d rules (default %s), %d signatures (%d automaton states)\n",
-		source, len(cfg.rules), cfg.defaultAction, len(cfg.signatures), states)
+		source, len(cfg.rules), cfg.defaultAction, len(cfg.signatures), newFilter(cfg, nil).automatonStates())
 	return exitOK
 }
 
@@ -229,10 +220,7 @@ func serve(ctx context.Context, cfg *config, source string, stdout io.Writer, lo
 	defer tr.Close()
 
 	events := appliance.NewRateLimitedHandler(log.Handler(), cfg.logEvery, cfg.logBurst)
-	f, err := newFilter(cfg, events)
-	if err != nil {
-		return err
-	}
+	f := newFilter(cfg, events)
 	a, err := appliance.NewAppliance(appliance.ApplianceConfig{
 		Self:        self,
 		Codec:       sourceroute.Codec{EtherType: cfg.etherType, MaxHops: cfg.maxHops},
@@ -246,14 +234,10 @@ func serve(ctx context.Context, cfg *config, source string, stdout io.Writer, lo
 	}
 
 	out := json.NewEncoder(stdout)
-	states := 0
-	if f.matcher != nil {
-		states = f.matcher.states()
-	}
 	if err := out.Encode(readyLine{
 		Type: "ready", Version: version.Version, Config: source, Interface: cfg.iface, Self: self.String(),
 		EtherType: fmt.Sprintf("%#04x", cfg.etherType), Promiscuous: promisc, MTU: tr.MTU(),
-		Rules: len(cfg.rules), Signatures: len(cfg.signatures), AutomatonStates: states,
+		Rules: len(cfg.rules), Signatures: len(cfg.signatures), AutomatonStates: f.automatonStates(),
 	}); err != nil {
 		return fmt.Errorf("writing to stdout: %w", err)
 	}
