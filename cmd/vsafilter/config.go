@@ -476,41 +476,22 @@ func (t *table) wrongType(key, want string, v any) {
 	t.errorf(key, "want %s, got %s", want, tomlType(v))
 }
 
-func (t *table) str(key string) (string, bool) {
-	v, ok := t.get(key)
-	if !ok {
-		return "", false
+// scalar reads key as a T; a value of another type is reported as not
+// being want. ok is false when the key is absent or of the wrong type.
+func scalar[T any](t *table, key, want string) (val T, ok bool) {
+	v, present := t.get(key)
+	if !present {
+		return val, false
 	}
-	s, ok := v.(string)
-	if !ok {
-		t.wrongType(key, "a string", v)
+	if val, ok = v.(T); !ok {
+		t.wrongType(key, want, v)
 	}
-	return s, ok
+	return val, ok
 }
 
-func (t *table) integer(key string) (int64, bool) {
-	v, ok := t.get(key)
-	if !ok {
-		return 0, false
-	}
-	n, ok := v.(int64)
-	if !ok {
-		t.wrongType(key, "an integer", v)
-	}
-	return n, ok
-}
-
-func (t *table) boolean(key string) (bool, bool) {
-	v, ok := t.get(key)
-	if !ok {
-		return false, false
-	}
-	b, ok := v.(bool)
-	if !ok {
-		t.wrongType(key, "true or false", v)
-	}
-	return b, ok
-}
+func (t *table) str(key string) (string, bool)    { return scalar[string](t, key, "a string") }
+func (t *table) integer(key string) (int64, bool) { return scalar[int64](t, key, "an integer") }
+func (t *table) boolean(key string) (bool, bool)  { return scalar[bool](t, key, "true or false") }
 
 func (t *table) duration(key string) (time.Duration, bool) {
 	s, ok := t.str(key)
