@@ -297,13 +297,9 @@ func (a *Agent) ensureRunning(ctx context.Context, app *config.Appliance, names 
 	for names[appliance.InstanceName(app.Name, index)] {
 		index++
 	}
-	used := appliance.NewMACMap()
-	for _, d := range a.owned.all() {
-		for _, m := range d.MACs {
-			if hw, err := net.ParseMAC(m); err == nil {
-				used.Add(hw)
-			}
-		}
+	used, err := a.macsInUse(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrProvision, err)
 	}
 	spec := appliance.Spec{
 		Appliance:    app.Name,
@@ -411,6 +407,31 @@ func (a *Agent) deleteAppliance(ctx context.Context, d ownedDomain) error {
 	a.log.Info("appliance deleted: no guest needs it", "appliance", d.Owner.Appliance, "domain", d.Name)
 	a.recordEvent(Event{Kind: EventApplianceDeleted, Appliance: d.Name})
 	return nil
+}
+
+// macsInUse collects the MAC of every interface of every domain on the
+// host, guests included, so a new appliance never collides with anything
+// that libvirt knows. Provisioning is rare; reading every domain's XML then
+// is cheap insurance.
+func (a *Agent) macsInUse(ctx context.Context) (appliance.MACMap, error) {
+	used := appliance.NewMACMap()
+	doms, err := a.hv.ListDomains(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list domains: %w", err)
+	}
+	for _, d := range doms {
+		x, err := a.hv.DomainXML(ctx, d.UUID, false)
+		if errors.Is(err, hypervisor.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read XML of %s: %w", d.Name, err)
+		}
+		for _, m := range appliance.InstanceMACs(x) {
+			used.Add(m)
+		}
+	}
+	return used, nil
 }
 
 func macStrings(macs []net.HardwareAddr) []string {
