@@ -9,72 +9,47 @@ import (
 	"github.com/vsagent/vsagent/internal/api"
 )
 
-func (c *cli) status(ctx context.Context, _ []string) error {
+// show fetches one answer within --timeout and prints it: with --json as
+// the API's own object (asJSON restores the wrapping the client unwrapped),
+// otherwise as a table.
+func show[T any](ctx context.Context, c *cli, fetch func(context.Context) (T, error), asJSON func(T) any, render func(T) error) error {
 	ctx, cancel := c.call(ctx)
 	defer cancel()
-	st, err := c.client.Status(ctx)
+	v, err := fetch(ctx)
 	if err != nil {
 		return err
 	}
 	if c.opts.json {
-		return c.printJSON(st)
+		return c.printJSON(asJSON(v))
 	}
-	return c.renderStatus(st)
+	return render(v)
+}
+
+func asIs[T any](v T) any { return v }
+
+func (c *cli) status(ctx context.Context, _ []string) error {
+	return show(ctx, c, c.client.Status, asIs, c.renderStatus)
 }
 
 func (c *cli) guests(ctx context.Context, _ []string) error {
-	ctx, cancel := c.call(ctx)
-	defer cancel()
-	gs, err := c.client.Guests(ctx)
-	if err != nil {
-		return err
-	}
-	if c.opts.json {
-		return c.printJSON(api.GuestList{Guests: gs})
-	}
-	return c.renderGuests(gs)
+	return show(ctx, c, c.client.Guests, func(gs []api.Guest) any { return api.GuestList{Guests: gs} }, c.renderGuests)
 }
 
 func (c *cli) appliances(ctx context.Context, _ []string) error {
-	ctx, cancel := c.call(ctx)
-	defer cancel()
-	as, err := c.client.Appliances(ctx)
-	if err != nil {
-		return err
-	}
-	if c.opts.json {
-		return c.printJSON(api.ApplianceList{Appliances: as})
-	}
-	return c.renderAppliances(as)
+	return show(ctx, c, c.client.Appliances, func(as []api.Appliance) any { return api.ApplianceList{Appliances: as} }, c.renderAppliances)
 }
 
 func (c *cli) flows(ctx context.Context, _ []string) error {
-	ctx, cancel := c.call(ctx)
-	defer cancel()
-	fl, err := c.client.Flows(ctx, c.opts.guest)
-	if err != nil {
-		return err
-	}
-	if c.opts.json {
-		return c.printJSON(fl)
-	}
-	return c.renderFlows(fl)
+	fetch := func(ctx context.Context) (api.FlowList, error) { return c.client.Flows(ctx, c.opts.guest) }
+	return show(ctx, c, fetch, asIs, c.renderFlows)
 }
 
 func (c *cli) events(ctx context.Context, _ []string) error {
 	if c.opts.follow {
 		return c.followEvents(ctx)
 	}
-	ctx, cancel := c.call(ctx)
-	defer cancel()
-	evs, err := c.client.Events(ctx, c.opts.after)
-	if err != nil {
-		return err
-	}
-	if c.opts.json {
-		return c.printJSON(api.EventList{Events: evs})
-	}
-	return c.renderEvents(evs)
+	fetch := func(ctx context.Context) ([]api.Event, error) { return c.client.Events(ctx, c.opts.after) }
+	return show(ctx, c, fetch, func(evs []api.Event) any { return api.EventList{Events: evs} }, c.renderEvents)
 }
 
 // followEvents prints events as JSON lines or table rows as they come,
@@ -99,16 +74,8 @@ func (c *cli) followEvents(ctx context.Context) error {
 }
 
 func (c *cli) explain(ctx context.Context, args []string) error {
-	ctx, cancel := c.call(ctx)
-	defer cancel()
-	e, err := c.client.Explain(ctx, args[0])
-	if err != nil {
-		return err
-	}
-	if c.opts.json {
-		return c.printJSON(e)
-	}
-	return c.renderExplanation(e)
+	fetch := func(ctx context.Context) (api.Explanation, error) { return c.client.Explain(ctx, args[0]) }
+	return show(ctx, c, fetch, asIs, c.renderExplanation)
 }
 
 // names prints one name per line for the shell completions. It fails

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/vsagent/vsagent/internal/api/apitest"
 )
 
 // fakeVsactl stands in for vsactl on PATH inside the shells: it answers
@@ -34,7 +36,7 @@ esac
 func script(t *testing.T, shell string) string {
 	t.Helper()
 	var out bytes.Buffer
-	var stderr syncWriter
+	var stderr apitest.Buffer
 	code := run(context.Background(), []string{"completion", shell}, env{stdout: &out, stderr: &stderr, getenv: func(string) string { return "" }})
 	if code != exitOK {
 		t.Fatalf("completion %s: exit %d: %s", shell, code, stderr.String())

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -9,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -106,25 +104,7 @@ type result struct {
 	stdout, stderr string
 }
 
-// syncWriter lets a test read output that a running command is writing.
-type syncWriter struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
-}
-
-func testEnv(socket string, stdout, stderr *syncWriter) env {
+func testEnv(socket string, stdout, stderr *apitest.Buffer) env {
 	return env{
 		stdout: stdout, stderr: stderr,
 		getenv: func(k string) string {
@@ -139,7 +119,7 @@ func testEnv(socket string, stdout, stderr *syncWriter) env {
 }
 
 func runCtl(ctx context.Context, socket string, args ...string) result {
-	var stdout, stderr syncWriter
+	var stdout, stderr apitest.Buffer
 	code := run(ctx, args, testEnv(socket, &stdout, &stderr))
 	return result{code: code, stdout: stdout.String(), stderr: stderr.String()}
 }
@@ -284,7 +264,7 @@ func TestExitStatusContract(t *testing.T) {
 }
 
 func TestDefaultSocket(t *testing.T) {
-	var stdout, stderr syncWriter
+	var stdout, stderr apitest.Buffer
 	e := testEnv("", &stdout, &stderr)
 	code := run(testContext(t), []string{"status"}, e)
 	if code == exitUnreachable && !strings.Contains(stderr.String(), api.DefaultSocket) {
@@ -303,7 +283,7 @@ func TestEventsFollow(t *testing.T) {
 			if asJSON {
 				args = append(args, "--json")
 			}
-			var stdout, stderr syncWriter
+			var stdout, stderr apitest.Buffer
 			done := make(chan int, 1)
 			go func() { done <- run(ctx, args, testEnv(srv.Socket, &stdout, &stderr)) }()
 
@@ -333,7 +313,7 @@ func TestEventsFollow(t *testing.T) {
 
 func TestEventsFollowLosesTheAgent(t *testing.T) {
 	srv := apitest.Serve(t, fixture(t), self())
-	var stdout, stderr syncWriter
+	var stdout, stderr apitest.Buffer
 	done := make(chan int, 1)
 	go func() { done <- run(testContext(t), []string{"events", "-f"}, testEnv(srv.Socket, &stdout, &stderr)) }()
 	waitFor(t, &stdout, "gate-timeout")
@@ -348,7 +328,7 @@ func TestEventsFollowLosesTheAgent(t *testing.T) {
 
 // waitFor waits until the output contains s; the bound catches a hung
 // command and is not a speed assertion.
-func waitFor(t *testing.T, w *syncWriter, s string) {
+func waitFor(t *testing.T, w *apitest.Buffer, s string) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !strings.Contains(w.String(), s) {

@@ -154,8 +154,8 @@ func TestPeerCredentials(t *testing.T) {
 		return cmd.ProcessState.ExitCode(), string(out)
 	}
 
-	var logs syncBuffer
-	rootOnly := apitest.ServeAt(t, filepath.Join(dir, "vsagent.sock"), populated(), api.ServerOptions{Logger: logs.logger()})
+	var logs apitest.Buffer
+	rootOnly := apitest.ServeAt(t, filepath.Join(dir, "vsagent.sock"), populated(), api.ServerOptions{Logger: logs.Logger()})
 
 	t.Run("root is served", func(t *testing.T) {
 		if code, out := runAs(t, 0, rootOnly.Socket); code != clientAccepted {

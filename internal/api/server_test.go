@@ -57,42 +57,12 @@ func TestClientServerRoundTrip(t *testing.T) {
 	c := api.NewClient(srv.Socket)
 	defer c.Close()
 
-	st, err := c.Status(ctx)
-	if err != nil {
-		t.Fatalf("Status: %v", err)
-	}
 	wantSt, _ := f.Status(ctx)
 	wantSt.APIVersion = api.Version
-	if diff := cmp.Diff(wantSt, st); diff != "" {
-		t.Errorf("Status mismatch (-want +got):\n%s", diff)
-	}
-
-	gs, err := c.Guests(ctx)
-	if err != nil {
-		t.Fatalf("Guests: %v", err)
-	}
-	wantGs, _ := f.Guests(ctx)
-	if diff := cmp.Diff(wantGs, gs); diff != "" {
-		t.Errorf("Guests mismatch (-want +got):\n%s", diff)
-	}
-
-	as, err := c.Appliances(ctx)
-	if err != nil {
-		t.Fatalf("Appliances: %v", err)
-	}
-	wantAs, _ := f.Appliances(ctx)
-	if diff := cmp.Diff(wantAs, as); diff != "" {
-		t.Errorf("Appliances mismatch (-want +got):\n%s", diff)
-	}
-
-	e, err := c.Explain(ctx, "web-1")
-	if err != nil {
-		t.Fatalf("Explain: %v", err)
-	}
-	wantE, _ := f.Explain(ctx, "web-1")
-	if diff := cmp.Diff(wantE, e); diff != "" {
-		t.Errorf("Explain mismatch (-want +got):\n%s", diff)
-	}
+	same(t, "Status", wantSt)(c.Status(ctx))
+	same(t, "Guests", must(f.Guests(ctx)))(c.Guests(ctx))
+	same(t, "Appliances", must(f.Appliances(ctx)))(c.Appliances(ctx))
+	same(t, "Explain", must(f.Explain(ctx, "web-1")))(c.Explain(ctx, "web-1"))
 
 	fl, err := c.Flows(ctx, "")
 	if err != nil {
@@ -119,6 +89,27 @@ func TestClientServerRoundTrip(t *testing.T) {
 	if diff := cmp.Diff([]api.Event{{Seq: 2, Time: t0, Kind: "released", Guest: "web-1"}}, evs); diff != "" {
 		t.Errorf("Events(after 1) mismatch (-want +got):\n%s", diff)
 	}
+}
+
+// same returns a check that a client call answered want without error;
+// it is curried so that the call's two results can be passed straight in.
+func same[T any](t *testing.T, what string, want T) func(T, error) {
+	return func(got T, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("%s mismatch (-want +got):\n%s", what, diff)
+		}
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
 
 func TestEmptyListsAreArrays(t *testing.T) {
@@ -254,13 +245,19 @@ func TestFollowEvents(t *testing.T) {
 	}
 }
 
-func TestFollowEndsWhenTheAgentStops(t *testing.T) {
-	ctx := testCtx(t)
+// oneEvent serves an agent that has logged one event, and a client of it.
+func oneEvent(t *testing.T) (*apitest.Server, *api.Client) {
 	f := apitest.NewFake()
 	f.AddEvent(api.Event{Time: t0, Kind: "gated"})
 	srv := apitest.Serve(t, f, self())
 	c := api.NewClient(srv.Socket)
-	defer c.Close()
+	t.Cleanup(c.Close)
+	return srv, c
+}
+
+func TestFollowEndsWhenTheAgentStops(t *testing.T) {
+	ctx := testCtx(t)
+	srv, c := oneEvent(t)
 	started := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
@@ -275,11 +272,7 @@ func TestFollowEndsWhenTheAgentStops(t *testing.T) {
 
 func TestFollowStopsOnCallbackError(t *testing.T) {
 	ctx := testCtx(t)
-	f := apitest.NewFake()
-	f.AddEvent(api.Event{Time: t0, Kind: "gated"})
-	srv := apitest.Serve(t, f, self())
-	c := api.NewClient(srv.Socket)
-	defer c.Close()
+	_, c := oneEvent(t)
 	stop := errors.New("enough")
 	if err := c.FollowEvents(ctx, 0, func(api.Event) error { return stop }); !errors.Is(err, stop) {
 		t.Errorf("FollowEvents = %v, want the callback's error", err)
@@ -332,8 +325,8 @@ func TestUnreadableAnswerIsProtocolError(t *testing.T) {
 
 func TestRefusedUID(t *testing.T) {
 	ctx := testCtx(t)
-	var logs syncBuffer
-	opts := api.ServerOptions{AllowedUIDs: []uint32{uint32(os.Geteuid()) + 1}, Logger: logs.logger()}
+	var logs apitest.Buffer
+	opts := api.ServerOptions{AllowedUIDs: []uint32{uint32(os.Geteuid()) + 1}, Logger: logs.Logger()}
 	srv := apitest.Serve(t, populated(), opts)
 	c := api.NewClient(srv.Socket)
 	defer c.Close()
