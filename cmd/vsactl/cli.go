@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vsagent/vsagent/internal/api"
@@ -247,7 +248,7 @@ func (c *cli) report(err error) int {
 		fmt.Fprintf(c.stderr, "vsactl: %s\n", ue.msg)
 		printShortUsage(c.stderr, ue.cmd)
 		return exitUsage
-	case errors.Is(err, api.ErrRefused):
+	case errors.Is(err, api.ErrRefused), errors.Is(err, syscall.EACCES):
 		fmt.Fprintf(c.stderr, "vsactl: %v\nvsactl: the control socket serves root only; run vsactl as root (for example with sudo)\n", err)
 		return exitUnreachable
 	case errors.Is(err, api.ErrUnreachable), errors.Is(err, api.ErrProtocol):

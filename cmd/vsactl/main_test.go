@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -404,4 +405,16 @@ func FuzzParseArgs(f *testing.F) {
 			t.Fatalf("parseArgs(%q): unexpected error type %T: %v", args, err, err)
 		}
 	})
+}
+
+// A non-root user is usually stopped by the socket file's mode before the
+// agent sees it; the hint must say why rather than suggest the agent is
+// down.
+func TestPermissionDeniedHint(t *testing.T) {
+	var stderr apitest.Buffer
+	c := &cli{env: env{stderr: &stderr}}
+	code := c.report(fmt.Errorf("%w: /run/vsagent/vsagent.sock: dial unix: %w", api.ErrUnreachable, syscall.EACCES))
+	if code != exitUnreachable || !strings.Contains(stderr.String(), "run vsactl as root") {
+		t.Errorf("exit %d, stderr %q; want %d and the root hint", code, stderr.String(), exitUnreachable)
+	}
 }
