@@ -125,12 +125,7 @@ var keyReasonNames = [NumKeyReasons]string{
 	KeyTruncatedL4:       "truncated_l4",
 }
 
-func (r KeyReason) String() string {
-	if r < NumKeyReasons {
-		return keyReasonNames[r]
-	}
-	return "unknown"
-}
+func (r KeyReason) String() string { return label(keyReasonNames[:], r) }
 
 // ExtractKey classifies an Ethernet frame (the inner frame of an MSR frame,
 // or a frame as a guest sent it) into its flow key, without allocating.
@@ -358,12 +353,33 @@ func (k *FlowKey) reverse() {
 // canonical orders the two endpoints so both directions of a flow give the
 // same key, and reports whether k had to be reversed to get there.
 func (k *FlowKey) canonical() (c FlowKey, reversed bool) {
-	c = *k
-	if c.reversedIsSmaller() {
-		c.reverse()
-		return c, true
+	reversed = k.canonicalInto(&c)
+	return c, reversed
+}
+
+// canonicalInto is canonical for the per-packet path. It writes the result
+// word by word into c, which the caller then reads word by word: returning
+// the key by value would have it copied with wide loads right after narrow
+// stores, which stalls store forwarding. Half of all packets are replies,
+// so whether to swap is unpredictable: it is done with masks, not a branch.
+func (k *FlowKey) canonicalInto(c *FlowKey) (reversed bool) {
+	reversed = k.reversedIsSmaller()
+	var swap uint32
+	if reversed {
+		swap = ^uint32(0)
 	}
-	return c, false
+	w, cw := &k.w, &c.w
+	for i := range 4 {
+		x := (w[keyWordA+i] ^ w[keyWordB+i]) & swap
+		cw[keyWordA+i] = w[keyWordA+i] ^ x
+		cw[keyWordB+i] = w[keyWordB+i] ^ x
+	}
+	ports := w[keyWordPorts]
+	swapPorts := swap & -(w[keyWordMeta] & kindPorts >> 5) // all ones if reversed and the key has ports
+	cw[keyWordPorts] = ports ^ (ports^bits.RotateLeft32(ports, 16))&swapPorts
+	cw[keyWordMeta] = w[keyWordMeta]
+	cw[keyWordVLAN] = w[keyWordVLAN]
+	return reversed
 }
 
 func (k *FlowKey) reversedIsSmaller() bool {

@@ -355,28 +355,29 @@ func occupied(s *slot) bool { return atomic.LoadUint32(&s[keyWordMeta])&kindMask
 
 // find probes for k from home. Under the seqlock the slots may be changing;
 // the loop is bounded by the array and the caller validates the result.
+// Each slot is compared whole, with one branch for the match.
 func (sh *flowShard) find(k *FlowKey, home uint32) (uint32, bool) {
 	n := uint32(len(sh.slots))
 	i := home
 	for range n {
 		s := &sh.slots[i]
 		meta := atomic.LoadUint32(&s[keyWordMeta])
+		diff := (meta&^metaReversed ^ k.w[keyWordMeta]) |
+			(atomic.LoadUint32(&s[keyWordPorts]) ^ k.w[keyWordPorts]) |
+			(atomic.LoadUint32(&s[0]) ^ k.w[0]) |
+			(atomic.LoadUint32(&s[1]) ^ k.w[1]) |
+			(atomic.LoadUint32(&s[2]) ^ k.w[2]) |
+			(atomic.LoadUint32(&s[3]) ^ k.w[3]) |
+			(atomic.LoadUint32(&s[4]) ^ k.w[4]) |
+			(atomic.LoadUint32(&s[5]) ^ k.w[5]) |
+			(atomic.LoadUint32(&s[6]) ^ k.w[6]) |
+			(atomic.LoadUint32(&s[7]) ^ k.w[7]) |
+			(atomic.LoadUint32(&s[keyWordVLAN])&vlanMask ^ k.w[keyWordVLAN])
+		if diff == 0 {
+			return i, true
+		}
 		if meta&kindMask == 0 {
 			return 0, false
-		}
-		// Ports and the IPv4 addresses differ first between most flows.
-		if meta&^metaReversed == k.w[keyWordMeta] &&
-			atomic.LoadUint32(&s[keyWordPorts]) == k.w[keyWordPorts] &&
-			atomic.LoadUint32(&s[0]) == k.w[0] &&
-			atomic.LoadUint32(&s[4]) == k.w[4] &&
-			atomic.LoadUint32(&s[1]) == k.w[1] &&
-			atomic.LoadUint32(&s[2]) == k.w[2] &&
-			atomic.LoadUint32(&s[3]) == k.w[3] &&
-			atomic.LoadUint32(&s[5]) == k.w[5] &&
-			atomic.LoadUint32(&s[6]) == k.w[6] &&
-			atomic.LoadUint32(&s[7]) == k.w[7] &&
-			atomic.LoadUint32(&s[keyWordVLAN])&vlanMask == k.w[keyWordVLAN] {
-			return i, true
 		}
 		if i++; i == n {
 			i = 0
@@ -393,7 +394,28 @@ type FlowWorker struct {
 	t                   *FlowTable
 	lookups, hits       uint64
 	pubLookups, pubHits uint64
-	_                   [88]byte // keep workers' counters on separate cache lines
+	touched             uint32 // keeps LookupBatch's touch loads from being dropped
+	batch               batchScratch
+	_                   [64]byte // keep workers' counters on separate cache lines
+}
+
+// lookupBatch is how many keys LookupBatch prepares before probing: enough
+// cache misses in flight to hide memory latency, few enough that the
+// prepared keys stay in L1.
+const lookupBatch = 32
+
+type batchScratch struct {
+	canon    [lookupBatch]FlowKey
+	reversed [lookupBatch]bool
+	home     [lookupBatch]uint32
+	shard    [lookupBatch]*flowShard
+}
+
+// FlowResult is one packet's outcome of LookupBatch.
+type FlowResult struct {
+	Value FlowValue
+	Dir   Direction
+	Found bool
 }
 
 // NewWorker returns a handle for one forwarding goroutine.
@@ -419,11 +441,52 @@ func (w *FlowWorker) count(hit bool) {
 // Lookup finds the flow of key (in either direction) and refreshes its
 // last-seen time to nowNanos, a monotonic clock reading in nanoseconds.
 func (w *FlowWorker) Lookup(key *FlowKey, nowNanos int64) (FlowValue, Direction, bool) {
-	c, reversed := key.canonical()
+	var c FlowKey
+	reversed := key.canonicalInto(&c)
 	sh, home := w.t.locate(&c)
 	v, d, ok := sh.lookup(&c, home, reversed, tick(nowNanos))
 	w.count(ok)
 	return v, d, ok
+}
+
+// LookupBatch is Lookup for a batch of packets, such as one receive ring
+// block: out[i] is the result for keys[i], and it returns how many were
+// found. It computes every key's home slot and touches it before probing
+// any, so that in a large table the cache misses of up to lookupBatch
+// packets overlap instead of queueing one behind another. out must be at
+// least as long as keys.
+func (w *FlowWorker) LookupBatch(keys []FlowKey, nowNanos int64, out []FlowResult) int {
+	if len(out) < len(keys) {
+		panic(fmt.Sprintf("sourceroute: LookupBatch of %d keys into %d results", len(keys), len(out)))
+	}
+	now := tick(nowNanos)
+	found := 0
+	b := &w.batch
+	for start := 0; start < len(keys); start += lookupBatch {
+		chunk := keys[start:min(start+lookupBatch, len(keys))]
+		for i := range chunk {
+			b.reversed[i] = chunk[i].canonicalInto(&b.canon[i])
+			b.shard[i], b.home[i] = w.t.locate(&b.canon[i])
+		}
+		// A slot may straddle two cache lines, and about half the hits
+		// are found in a later slot: touch the home slot's first word and
+		// the next slot's last, which spans what most probes read.
+		touch := uint32(0)
+		for i := range chunk {
+			sh, h := b.shard[i], b.home[i]
+			touch ^= atomic.LoadUint32(&sh.slots[h][0]) ^ atomic.LoadUint32(&sh.slots[next(h, uint32(len(sh.slots)))][slotWords-1])
+		}
+		w.touched ^= touch
+		for i := range chunk {
+			v, d, ok := b.shard[i].lookup(&b.canon[i], b.home[i], b.reversed[i], now)
+			out[start+i] = FlowResult{Value: v, Dir: d, Found: ok}
+			w.count(ok)
+			if ok {
+				found++
+			}
+		}
+	}
+	return found
 }
 
 // LookupOrInsert is Lookup, and on a miss creates the flow with the value
@@ -431,7 +494,8 @@ func (w *FlowWorker) Lookup(key *FlowKey, nowNanos int64) (FlowValue, Direction,
 // happens per created flow, even when several workers race on its first
 // packets.
 func (w *FlowWorker) LookupOrInsert(key *FlowKey, nowNanos int64, decide PolicyFunc) (FlowValue, Direction, error) {
-	c, reversed := key.canonical()
+	var c FlowKey
+	reversed := key.canonicalInto(&c)
 	sh, home := w.t.locate(&c)
 	now := tick(nowNanos)
 	if v, d, ok := sh.lookup(&c, home, reversed, now); ok {
@@ -505,19 +569,23 @@ func (t *FlowTable) insert(sh *flowShard, c *FlowKey, home uint32, reversed bool
 		return FlowValue{}, Forward, policyError(*asSeen, err)
 	}
 	overCapacity := t.flows.Add(1) > int64(t.capacity)
+	i, reuse := uint32(0), false
 	if (overCapacity || sh.count >= sh.limit) && sh.count > 0 {
-		t.evictNear(sh, home, now)
+		victim, inRun, why := t.chooseVictim(sh, home, now)
+		if inRun {
+			t.forget(sh, victim, why, now)
+			i, reuse = victim, true
+		} else {
+			t.removeAt(sh, victim, why, now)
+		}
+	}
+	if !reuse {
+		for i = home; occupied(&sh.slots[i]); i = next(i, uint32(len(sh.slots))) {
+		}
 	}
 	meta := c.w[keyWordMeta]
 	if reversed {
 		meta |= metaReversed
-	}
-	n := uint32(len(sh.slots))
-	i := home
-	for occupied(&sh.slots[i]) {
-		if i++; i == n {
-			i = 0
-		}
 	}
 	sh.seq.Add(1)
 	s := &sh.slots[i]
@@ -542,33 +610,36 @@ func policyError(k FlowKey, err error) error {
 	return fmt.Errorf("sourceroute: policy for new flow %v: %w", k, err)
 }
 
-// evictNear removes the least recently seen flow among the first
-// evictionSample flows from home on. Those slots were just probed, so the
-// sample costs little; a flow past its idle timeout counts as expired.
-func (t *FlowTable) evictNear(sh *flowShard, home uint32, now uint32) {
+// chooseVictim picks the least recently seen flow among the first
+// evictionSample flows from home on; those slots were just probed, so the
+// sample costs little. It also reports whether the victim lies in the
+// unbroken run of occupied slots that starts at home: then the new flow,
+// whose probe sequence crosses that run, can take the victim's slot as it
+// is, with no entries shifted.
+func (t *FlowTable) chooseVictim(sh *flowShard, home uint32, now uint32) (victim uint32, inRun bool, why RemoveReason) {
 	n := uint32(len(sh.slots))
-	victim, oldest, seen := uint32(0), uint32(0), 0
-	for i, scanned := home, uint32(0); seen < evictionSample && scanned < n; scanned++ {
-		if occupied(&sh.slots[i]) {
-			if a := age(now, atomic.LoadUint32(&sh.slots[i][slotWordSeen])); seen == 0 || a > oldest {
-				victim, oldest = i, a
+	oldest, sampled, run := uint32(0), 0, true
+	for i, scanned := home, uint32(0); sampled < evictionSample && scanned < n; scanned++ {
+		if !occupied(&sh.slots[i]) {
+			run = false
+		} else {
+			if a := age(now, atomic.LoadUint32(&sh.slots[i][slotWordSeen])); sampled == 0 || a > oldest {
+				victim, oldest, inRun = i, a, run
 			}
-			seen++
+			sampled++
 		}
-		if i++; i == n {
-			i = 0
-		}
+		i = next(i, n)
 	}
-	why := RemovedEvicted
+	why = RemovedEvicted
 	if oldest > t.idleTicks {
 		why = RemovedExpired
 	}
-	t.removeAt(sh, victim, why, now)
+	return victim, inRun, why
 }
 
-// removeAt deletes slot i and shifts back the entries after it that would
-// otherwise become unreachable from their home slots. Under sh.mu.
-func (t *FlowTable) removeAt(sh *flowShard, i uint32, why RemoveReason, now uint32) {
+// forget accounts for the flow in slot i leaving the table, without touching
+// the slot. Under sh.mu.
+func (t *FlowTable) forget(sh *flowShard, i uint32, why RemoveReason, now uint32) {
 	if t.onRemove != nil {
 		t.onRemove(sh.flowAt(i, now), why)
 	}
@@ -582,7 +653,12 @@ func (t *FlowTable) removeAt(sh *flowShard, i uint32, why RemoveReason, now uint
 	}
 	sh.count--
 	t.flows.Add(-1)
+}
 
+// removeAt deletes slot i and shifts back the entries after it that would
+// otherwise become unreachable from their home slots. Under sh.mu.
+func (t *FlowTable) removeAt(sh *flowShard, i uint32, why RemoveReason, now uint32) {
+	t.forget(sh, i, why, now)
 	n := uint32(len(sh.slots))
 	sh.seq.Add(1)
 	hole := i

@@ -202,10 +202,20 @@ func TestFlowTableAgainstModel(t *testing.T) {
 	for _, seed := range []uint64{1, 2, 3} {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			const capacity, universe = 200, 400
-			ft := newTestTable(t, capacity, FlowTableConfig{Shards: 1, Seed: seed})
+			model := map[FlowKey]FlowValue{}
+			evicted := 0
+			ft := newTestTable(t, capacity, FlowTableConfig{Shards: 1, Seed: seed, OnRemove: func(f Flow, why RemoveReason) {
+				if why != RemovedDeleted { // evicted, or expired when chosen for eviction
+					c, _ := f.Key.canonical()
+					if _, ok := model[c]; !ok {
+						t.Errorf("evicted %v, which the model does not hold", f.Key)
+					}
+					delete(model, c)
+					evicted++
+				}
+			}})
 			w := ft.NewWorker()
 			rng := rand.New(rand.NewPCG(seed, 99))
-			model := map[FlowKey]FlowValue{}
 			for step := range 20000 {
 				k := udpKey(uint32(rng.IntN(universe)))
 				if rng.IntN(2) == 0 {
@@ -213,11 +223,8 @@ func TestFlowTableAgainstModel(t *testing.T) {
 				}
 				switch op := rng.IntN(10); {
 				case op < 5:
-					if len(model) >= capacity {
-						continue // eviction is tested separately
-					}
 					v := FlowValue{Handle: uint32(step), Verdict: Verdict(step)}
-					got, _, err := w.LookupOrInsert(&k, 0, constPolicy(v))
+					got, _, err := w.LookupOrInsert(&k, int64(step)<<tickShift, constPolicy(v))
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -245,6 +252,9 @@ func TestFlowTableAgainstModel(t *testing.T) {
 						}
 					}
 				}
+			}
+			if evicted == 0 {
+				t.Fatal("the model run never filled the table")
 			}
 			// Deleting through Visit must see every flow exactly once.
 			flows := len(model)
@@ -497,6 +507,49 @@ func TestFlowTableConcurrent(t *testing.T) {
 	if st.Lookups != workers*rounds*stable || st.Hits+st.Inserts > st.Lookups || st.Hits == 0 {
 		t.Errorf("stats %+v", st)
 	}
+}
+
+func TestFlowTableLookupBatch(t *testing.T) {
+	ft := newTestTable(t, 1000, FlowTableConfig{})
+	w := ft.NewWorker()
+	for i := uint32(0); i < 200; i += 2 { // even flows exist
+		k := udpKey(i)
+		if _, _, err := w.LookupOrInsert(&k, 0, constPolicy(FlowValue{Handle: i, Verdict: 2})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys := make([]FlowKey, 2*lookupBatch+11) // several chunks and a partial one
+	for i := range keys {
+		keys[i] = udpKey(uint32(i * 3 % 200))
+		if i%5 == 0 {
+			keys[i] = keys[i].Reverse()
+		}
+	}
+	want := make([]FlowResult, len(keys))
+	wantFound := 0
+	for i := range keys {
+		v, d, ok := w.Lookup(&keys[i], 0)
+		want[i] = FlowResult{Value: v, Dir: d, Found: ok}
+		if ok {
+			wantFound++
+		}
+	}
+	got := make([]FlowResult, len(keys)+1)
+	if n := w.LookupBatch(keys, 0, got); n != wantFound {
+		t.Errorf("LookupBatch found %d, Lookup %d", n, wantFound)
+	}
+	if diff := cmp.Diff(want, got[:len(keys)]); diff != "" {
+		t.Fatalf("LookupBatch differs from Lookup (-want +got):\n%s", diff)
+	}
+	if a := testing.AllocsPerRun(100, func() { w.LookupBatch(keys, 0, got) }); a != 0 {
+		t.Errorf("LookupBatch: %v allocs", a)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Fatal("LookupBatch with a short result slice did not panic")
+		}
+	}()
+	w.LookupBatch(keys, 0, got[:3])
 }
 
 func TestFlowTableZeroAllocs(t *testing.T) {

@@ -53,11 +53,13 @@ func BenchmarkParse(b *testing.B) {
 	c := DefaultCodec()
 	b.ReportAllocs()
 	b.SetBytes(int64(len(v.ToVSA1)))
+	cpu := startCPUClock(b)
 	for b.Loop() {
 		if _, r := c.Parse(v.ToVSA1); r != OK {
 			b.Fatal(r)
 		}
 	}
+	cpu.report(b)
 }
 
 func BenchmarkParseMaxHops(b *testing.B) {
@@ -65,11 +67,13 @@ func BenchmarkParseMaxHops(b *testing.B) {
 	frame := msrFrame(DefaultEtherType, routeOf(DefaultMaxHops), 0, v.Original)
 	c := DefaultCodec()
 	b.ReportAllocs()
+	cpu := startCPUClock(b)
 	for b.Loop() {
 		if _, r := c.Parse(frame); r != OK {
 			b.Fatal(r)
 		}
 	}
+	cpu.report(b)
 }
 
 func BenchmarkEncapsulate(b *testing.B) {
@@ -78,11 +82,13 @@ func BenchmarkEncapsulate(b *testing.B) {
 	dst := make([]byte, 1600)
 	b.ReportAllocs()
 	b.SetBytes(int64(len(v.ToVSA1)))
+	cpu := startCPUClock(b)
 	for b.Loop() {
 		if _, r := Encapsulate(dst, hdr, v.Original); r != OK {
 			b.Fatal(r)
 		}
 	}
+	cpu.report(b)
 }
 
 // BenchmarkAdvance measures the VSA hop alone on an already parsed frame.
@@ -99,6 +105,7 @@ func BenchmarkAdvance(b *testing.B) {
 		b.Fatal(r)
 	}
 	b.ReportAllocs()
+	cpu := startCPUClock(b)
 	for b.Loop() {
 		if c.Advance(f, vsa1) != OK {
 			b.Fatal("advance")
@@ -106,6 +113,7 @@ func BenchmarkAdvance(b *testing.B) {
 		wire[15] = 0
 		binary.BigEndian.PutUint16(wire[4:6], 0x1001)
 	}
+	cpu.report(b)
 }
 
 func BenchmarkStrip(b *testing.B) {
@@ -116,11 +124,13 @@ func BenchmarkStrip(b *testing.B) {
 		b.Fatal(r)
 	}
 	b.ReportAllocs()
+	cpu := startCPUClock(b)
 	for b.Loop() {
 		if _, r := c.Strip(f, dm); r != OK {
 			b.Fatal(r)
 		}
 	}
+	cpu.report(b)
 }
 
 func BenchmarkParseDropNotice(b *testing.B) {
@@ -131,9 +141,11 @@ func BenchmarkParseDropNotice(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
+	cpu := startCPUClock(b)
 	for b.Loop() {
 		if _, r := ParseDropNotice(notice[:n]); r != OK {
 			b.Fatal(r)
 		}
 	}
+	cpu.report(b)
 }

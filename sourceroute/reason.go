@@ -39,9 +39,12 @@ var reasonNames = [NumReasons]string{
 }
 
 // String returns a stable snake_case name, safe to use as a metric label.
-func (r Reason) String() string {
-	if r < NumReasons {
-		return reasonNames[r]
+func (r Reason) String() string { return label(reasonNames[:], r) }
+
+// label names a dense enum value from its table, without allocating.
+func label[T ~uint8](names []string, v T) string {
+	if int(v) < len(names) {
+		return names[v]
 	}
 	return "unknown"
 }
