@@ -251,3 +251,33 @@ func BenchmarkFlowExpireSweep(b *testing.B) {
 	}
 	cpu.report(b)
 }
+
+// BenchmarkMemoryLatencyFloor is not about the table: it chases a random
+// cycle through a 64 MiB array laid out like the table's slots (huge pages
+// advised the same way), one dependent read per op. It is the floor for one
+// cache miss on this machine at this moment, against which the million-flow
+// lookups can be read.
+func BenchmarkMemoryLatencyFloor(b *testing.B) {
+	slots := make([]slot, (64<<20)/slotBytes)
+	adviseHugePages(slots)
+	rng := xorshift(12345)
+	perm := make([]uint32, len(slots))
+	for i := range perm {
+		perm[i] = uint32(i)
+	}
+	for i := len(perm) - 1; i > 0; i-- { // Sattolo: one cycle through every slot
+		j := rng.below(i)
+		perm[i], perm[j] = perm[j], perm[i]
+	}
+	for i, p := range perm {
+		slots[i][0] = p
+	}
+	at := uint32(0)
+	b.ResetTimer()
+	cpu := startCPUClock(b)
+	for b.Loop() {
+		at = slots[at][0]
+	}
+	cpu.report(b)
+	runtime.KeepAlive(at)
+}
