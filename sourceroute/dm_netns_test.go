@@ -1,0 +1,394 @@
+//go:build linux
+
+package sourceroute
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mdlayher/packet"
+	"golang.org/x/sys/unix"
+
+	"github.com/vsagent/vsagent/internal/netnstest"
+)
+
+// packetPort is a Port on a real interface through mdlayher/packet: one
+// read and one write system call per frame. Slow, but real; production
+// uses a TPACKET_V3 ring instead.
+type packetPort struct {
+	name string
+	mtu  int
+	c    *packet.Conn
+	buf  []byte
+	wbuf []byte
+}
+
+// openPacketPort opens name inside ns. The socket stays in ns for good,
+// whichever goroutine uses it later.
+func openPacketPort(ns *netnstest.NS, name string) (*packetPort, error) {
+	var p *packetPort
+	err := ns.Do(func() error {
+		ifi, err := net.InterfaceByName(name)
+		if err != nil {
+			return err
+		}
+		c, err := packet.Listen(ifi, packet.Raw, unix.ETH_P_ALL, nil)
+		if err != nil {
+			return err
+		}
+		rc, err := c.SyscallConn()
+		if err == nil {
+			err = rc.Control(func(fd uintptr) {
+				// Our own transmissions are never input.
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1)
+			})
+		}
+		if err != nil {
+			c.Close()
+			return err
+		}
+		p = &packetPort{name: name, mtu: ifi.MTU, c: c, buf: make([]byte, 1<<16)}
+		return nil
+	})
+	return p, err
+}
+
+func (p *packetPort) Name() string { return p.name }
+func (p *packetPort) MTU() int     { return p.mtu }
+func (p *packetPort) Release()     {}
+func (p *packetPort) Close() error { return p.c.Close() }
+
+func (p *packetPort) ReadBatch(ctx context.Context, out [][]byte) (int, error) {
+	if err := p.c.SetReadDeadline(time.Time{}); err != nil {
+		return 0, err
+	}
+	stop := context.AfterFunc(ctx, func() { _ = p.c.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	n, _, err := p.c.ReadFrom(p.buf)
+	if err != nil {
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		return 0, err
+	}
+	out[0] = p.buf[:n]
+	return 1, nil
+}
+
+func (p *packetPort) WriteBatch(heads, bodies [][]byte) (int, error) {
+	for i := range bodies {
+		p.wbuf = append(append(p.wbuf[:0], heads[i]...), bodies[i]...)
+		if _, err := p.c.WriteTo(p.wbuf, &packet.Addr{HardwareAddr: net.HardwareAddr(p.wbuf[0:6])}); err != nil {
+			return i, err
+		}
+	}
+	return len(bodies), nil
+}
+
+// vsafilterCounters is the part of vsafilter's counters line the test reads.
+type vsafilterCounters struct {
+	Type      string `json:"type"`
+	Reason    string `json:"reason"`
+	Appliance struct {
+		Received    uint64 `json:"received"`
+		Forwarded   uint64 `json:"forwarded"`
+		Dropped     uint64 `json:"dropped"`
+		NoticesSent uint64 `json:"notices_sent"`
+	} `json:"appliance"`
+}
+
+type vsafilterRun struct {
+	name   string
+	cmd    *exec.Cmd
+	lines  chan vsafilterCounters
+	stderr bytes.Buffer
+}
+
+// startVsafilterIn runs the vsafilter binary in ns on eth0 with config,
+// and waits for its ready line.
+func startVsafilterIn(t *testing.T, ctx context.Context, ns *netnstest.NS, bin, name, config string) *vsafilterRun {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name+".toml")
+	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	v := &vsafilterRun{name: name, lines: make(chan vsafilterCounters, 16)}
+	v.cmd = ns.Command(ctx, bin, "-c", path, "-i", "eth0")
+	v.cmd.Stderr = &v.stderr
+	stdout, err := v.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var l vsafilterCounters
+			if json.Unmarshal(sc.Bytes(), &l) == nil {
+				v.lines <- l
+			}
+		}
+		close(v.lines)
+	}()
+	t.Cleanup(func() {
+		_ = v.cmd.Process.Signal(syscall.SIGTERM)
+		for range v.lines {
+		}
+		_ = v.cmd.Wait()
+		if t.Failed() {
+			t.Logf("%s stderr:\n%s", name, v.stderr.String())
+		}
+	})
+	if l := v.next(t, "ready"); l.Type != "ready" {
+		t.Fatalf("%s: %+v", name, l)
+	}
+	return v
+}
+
+func (v *vsafilterRun) next(t *testing.T, typ string) vsafilterCounters {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case l, ok := <-v.lines:
+			if !ok {
+				t.Fatalf("%s exited while waiting for %s", v.name, typ)
+			}
+			if l.Type == typ {
+				return l
+			}
+		case <-deadline:
+			t.Fatalf("%s: no %s line", v.name, typ)
+		}
+	}
+}
+
+func (v *vsafilterRun) counters(t *testing.T) vsafilterCounters {
+	t.Helper()
+	if err := v.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	return v.next(t, "counters")
+}
+
+func buildVsafilterBinary(t *testing.T) string {
+	t.Helper()
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	bin := filepath.Join(t.TempDir(), "vsafilter")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goBin, "build", "-o", bin, "../cmd/vsafilter")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build vsafilter: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestDMWithVsafiltersInNamespaces runs the engine on real veth links:
+// two guest namespaces connected to the DM's namespace (their host ends
+// are dedicated guest ports), and two vsafilter processes, each in its own
+// namespace, as the appliances ips and fw. UDP from guest a to guest b
+// must pass ips then fw and arrive byte for byte; a frame ips's rule
+// denies must never arrive, and its drop notice must become an Event.
+func TestDMWithVsafiltersInNamespaces(t *testing.T) {
+	netnstest.RequireRoot(t)
+	bin := buildVsafilterBinary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	dmNS, aNS, bNS, ipsNS, fwNS := netnstest.New(t), netnstest.New(t), netnstest.New(t), netnstest.New(t), netnstest.New(t)
+	for _, ns := range []*netnstest.NS{dmNS, aNS, bNS, ipsNS, fwNS} {
+		ns.QuietIPv6(t)
+	}
+	macA, macB := gMAC(0xa1), gMAC(0xb1)
+	// Appliance links carry the guests' MTU plus a header's worth.
+	for _, l := range []struct {
+		ns       *netnstest.NS
+		port     string
+		mac      MAC
+		mtu      int
+		guestEnd bool
+	}{{aNS, "ga", macA, 1500, true}, {bNS, "gb", macB, 1500, true}, {ipsNS, "v1", ipsMAC, 1600, false}, {fwNS, "v2", fwMAC, 1600, false}} {
+		netnstest.Veth(t,
+			netnstest.End{NS: l.ns, Name: "eth0", MAC: net.HardwareAddr(l.mac[:]), MTU: l.mtu},
+			netnstest.End{NS: dmNS, Name: l.port, MTU: l.mtu})
+	}
+	for _, g := range []struct {
+		ns   *netnstest.NS
+		addr string
+	}{{aNS, "10.9.0.1/24"}, {bNS, "10.9.0.2/24"}} {
+		if _, err := g.ns.Exec(ctx, "ip", "addr", "add", g.addr, "dev", "eth0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	ips := startVsafilterIn(t, ctx, ipsNS, bin, "ips", "[output]\nstats_interval = \"0s\"\n[[rule]]\nname = \"deny-discard\"\naction = \"deny\"\nproto = \"udp\"\ndport = 9\n")
+	fw := startVsafilterIn(t, ctx, fwNS, bin, "fw", "[output]\nstats_interval = \"0s\"\n")
+
+	events := make(chan Event, 64)
+	e, err := NewEngine(Config{Self: dmSelf, ReturnTimeout: 10 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Events: func(ev Event) { events <- ev },
+		Open: func(name string) (Port, error) {
+			p, err := openPacketPort(dmNS, name)
+			if err != nil {
+				return nil, err
+			}
+			return p, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	pol := dmPolicy("protected", "ips", "fw")
+	if err := e.Update(ctx, Snapshot{
+		Guests: []GuestRule{
+			{Name: "a", Ready: true, Policy: pol, Interfaces: []GuestInterface{{MAC: macA, Port: "ga", Dedicated: true}}},
+			{Name: "b", Ready: true, Interfaces: []GuestInterface{{MAC: macB, Port: "gb", Dedicated: true}}},
+		},
+		Appliances: []ApplianceRule{
+			{Appliance: "ips", Instance: "ips-1", MAC: ipsMAC, Port: "v1", Healthy: true},
+			{Appliance: "fw", Instance: "fw-1", MAC: fwMAC, Port: "v2", Healthy: true},
+		},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stopRun := context.WithCancel(ctx)
+	runDone := make(chan error, 1)
+	go func() { runDone <- e.Run(runCtx) }()
+	defer func() {
+		stopRun()
+		if err := <-runDone; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	// The guests: a raw socket in a to send exact frames, one in b to see
+	// them arrive exactly, and a UDP socket in b so its kernel accepts
+	// them quietly.
+	aSock, err := openPacketPort(aNS, "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer aSock.Close()
+	bSock, err := openPacketPort(bNS, "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bSock.Close()
+	var udpB net.PacketConn
+	if err := bNS.Do(func() (err error) { udpB, err = net.ListenPacket("udp4", "10.9.0.2:5000"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer udpB.Close()
+
+	frameTo := func(dport uint16, payload string) []byte {
+		return dmUDPFrame(macA, macB, "10.9.0.1", "10.9.0.2", 40000, dport, payload)
+	}
+	send := func(f []byte) {
+		t.Helper()
+		if _, err := aSock.WriteBatch([][]byte{nil}, [][]byte{f}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// receive returns the next UDP frame from a that reaches b, or nil.
+	receive := func(wait time.Duration) []byte {
+		rctx, rcancel := context.WithTimeout(ctx, wait)
+		defer rcancel()
+		out := make([][]byte, 1)
+		for {
+			if _, err := bSock.ReadBatch(rctx, out); err != nil {
+				return nil
+			}
+			if bytes.Equal(out[0][6:12], macA[:]) {
+				return append([]byte(nil), out[0]...)
+			}
+		}
+	}
+
+	// Prove the whole path first (links and processes settle), bounded.
+	probe := frameTo(5000, "probe")
+	for attempt := 0; receive(time.Second) == nil; attempt++ {
+		if attempt == 10 {
+			t.Fatalf("no probe crossed the chain; DM counters %+v", e.Counters())
+		}
+		send(probe)
+	}
+	for receive(300*time.Millisecond) != nil {
+	}
+	ips0, fw0 := ips.counters(t), fw.counters(t)
+
+	const n = 20
+	for i := range n {
+		want := frameTo(5000, fmt.Sprintf("datagram %02d", i))
+		send(want)
+		got := receive(10 * time.Second)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("datagram %d arrived as %x, want %x", i, got, want)
+		}
+	}
+	ips1, fw1 := ips.counters(t), fw.counters(t)
+	if d := ips1.Appliance.Forwarded - ips0.Appliance.Forwarded; d != n {
+		t.Errorf("ips forwarded %d, want %d", d, n)
+	}
+	if d := fw1.Appliance.Forwarded - fw0.Appliance.Forwarded; d != n {
+		t.Errorf("fw forwarded %d, want %d", d, n)
+	}
+
+	// The denied frame, then a marker: the marker arriving means the
+	// denied frame had its chance.
+	denied := frameTo(9, "discard me")
+	send(denied)
+	send(frameTo(5000, "marker"))
+	for {
+		got := receive(10 * time.Second)
+		if got == nil {
+			t.Fatal("the marker never arrived")
+		}
+		if bytes.Equal(got, denied) {
+			t.Fatal("the denied frame was delivered")
+		}
+		if bytes.Contains(got, []byte("marker")) {
+			break
+		}
+	}
+	select {
+	case ev := <-events:
+		if ev.Kind != EventDropNotice || ev.Appliance != "ips" || ev.Instance != "ips-1" || ev.Guest != "a" ||
+			ev.Notice != NoticePolicyDeny || !ev.HasFlow || ev.Flow.DstPort() != 9 {
+			t.Errorf("event %+v, want ips's policy-deny notice for a's flow to port 9", ev)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no drop notice event")
+	}
+	ips2 := ips.counters(t)
+	if d := ips2.Appliance.NoticesSent - ips1.Appliance.NoticesSent; d != 1 {
+		t.Errorf("ips sent %d notices, want 1", d)
+	}
+	c := e.Counters()
+	if got := c.Instances["ips-1"].Notices; got != 1 {
+		t.Errorf("DM counted %d notices from ips-1, want 1", got)
+	}
+	if got := c.Instances["fw-1"].Returned; got < n {
+		t.Errorf("DM counted %d frames back from fw-1, want at least %d", got, n)
+	}
+}
