@@ -96,59 +96,66 @@ type PortCounters struct {
 // atomic read-modify-write, only atomic access for readers.
 type counter struct{ v atomic.Uint64 }
 
-func (c *counter) add(n uint64)   { c.v.Store(c.v.Load() + n) }
-func (c *counter) load() uint64   { return c.v.Load() }
-func (c *counter) store(v uint64) { c.v.Store(v) }
+func (c *counter) add(n uint64) { c.v.Store(c.v.Load() + n) }
+func (c *counter) load() uint64 { return c.v.Load() }
 
-type guestCtr struct {
-	framesOut, bytesOut, framesIn, bytesIn, flooded counter
-	drops                                           [NumDropReasons]counter
-}
+// A guest's counters, an instance's and the engine-wide ones are flat
+// arrays indexed by these fields, so that they are summed and folded by
+// one loop.
+const (
+	gFramesOut = iota
+	gBytesOut
+	gFramesIn
+	gBytesIn
+	gFlooded
+	gDrops      // one per DropReason from here
+	guestFields = gDrops + int(NumDropReasons)
+)
 
-type instCtr struct {
-	sent, sentBytes, returned, returnedBytes, notices, timeouts counter
-}
+const (
+	iSent = iota
+	iSentBytes
+	iReturned
+	iReturnedBytes
+	iNotices
+	iTimeouts
+	instFields
+)
+
+const (
+	eDrops       = 0                            // one per DropReason
+	eInvalid     = eDrops + int(NumDropReasons) // one per Reason
+	eUnparsable  = eInvalid + int(NumReasons)   // one per KeyReason
+	engineFields = eUnparsable + int(NumKeyReasons)
+)
+
+type (
+	guestCtr    [guestFields]counter
+	instCtr     [instFields]counter
+	guestValues [guestFields]uint64
+	instValues  [instFields]uint64
+)
 
 // workerCounters are one goroutine's counters, indexed by guest and
 // instance slot.
 type workerCounters struct {
-	guests     []guestCtr
-	insts      []instCtr
-	drops      [NumDropReasons]counter
-	invalid    [NumReasons]counter
-	unparsable [NumKeyReasons]counter
+	guests []guestCtr
+	insts  []instCtr
+	engine [engineFields]counter
 }
 
 type atomicCounters = atomic.Pointer[workerCounters]
 
-// guestValues and instValues are plain sums of counters.
-type guestValues struct {
-	framesOut, bytesOut, framesIn, bytesIn, flooded uint64
-	drops                                           [NumDropReasons]uint64
-}
-
-type instValues struct {
-	sent, sentBytes, returned, returnedBytes, notices, timeouts uint64
-}
-
-func (v *guestValues) addFrom(c *guestCtr) {
-	v.framesOut += c.framesOut.load()
-	v.bytesOut += c.bytesOut.load()
-	v.framesIn += c.framesIn.load()
-	v.bytesIn += c.bytesIn.load()
-	v.flooded += c.flooded.load()
-	for i := range c.drops {
-		v.drops[i] += c.drops[i].load()
+func addCounters(dst, src []counter) {
+	for i := range src {
+		dst[i].add(src[i].load())
 	}
 }
 
-func (v *instValues) addFrom(c *instCtr) {
-	v.sent += c.sent.load()
-	v.sentBytes += c.sentBytes.load()
-	v.returned += c.returned.load()
-	v.returnedBytes += c.returnedBytes.load()
-	v.notices += c.notices.load()
-	v.timeouts += c.timeouts.load()
+func sumCounters(dst []uint64, src []counter) {
+	for i := range src {
+		dst[i] += src[i].load()
+	}
 }
 
 // grown copies c into arrays of at least the given sizes.
@@ -171,34 +178,12 @@ func (c *workerCounters) fold(o *workerCounters) {
 		c.insts = append(c.insts, make([]instCtr, len(o.insts)-len(c.insts))...)
 	}
 	for i := range o.guests {
-		g, og := &c.guests[i], &o.guests[i]
-		g.framesOut.add(og.framesOut.load())
-		g.bytesOut.add(og.bytesOut.load())
-		g.framesIn.add(og.framesIn.load())
-		g.bytesIn.add(og.bytesIn.load())
-		g.flooded.add(og.flooded.load())
-		for j := range og.drops {
-			g.drops[j].add(og.drops[j].load())
-		}
+		addCounters(c.guests[i][:], o.guests[i][:])
 	}
 	for i := range o.insts {
-		n, on := &c.insts[i], &o.insts[i]
-		n.sent.add(on.sent.load())
-		n.sentBytes.add(on.sentBytes.load())
-		n.returned.add(on.returned.load())
-		n.returnedBytes.add(on.returnedBytes.load())
-		n.notices.add(on.notices.load())
-		n.timeouts.add(on.timeouts.load())
+		addCounters(c.insts[i][:], o.insts[i][:])
 	}
-	for i := range o.drops {
-		c.drops[i].add(o.drops[i].load())
-	}
-	for i := range o.invalid {
-		c.invalid[i].add(o.invalid[i].load())
-	}
-	for i := range o.unparsable {
-		c.unparsable[i].add(o.unparsable[i].load())
-	}
+	addCounters(c.engine[:], o.engine[:])
 }
 
 // counters is w's current counters, safe to read from any goroutine.
@@ -220,7 +205,7 @@ func (e *Engine) sumGuest(slot int) guestValues {
 	var v guestValues
 	for _, c := range e.allCounters() {
 		if slot < len(c.guests) {
-			v.addFrom(&c.guests[slot])
+			sumCounters(v[:], c.guests[slot][:])
 		}
 	}
 	return v
@@ -230,7 +215,7 @@ func (e *Engine) sumInstance(slot int) instValues {
 	var v instValues
 	for _, c := range e.allCounters() {
 		if slot < len(c.insts) {
-			v.addFrom(&c.insts[slot])
+			sumCounters(v[:], c.insts[slot][:])
 		}
 	}
 	return v
@@ -250,45 +235,35 @@ func (e *Engine) Counters() Counters {
 	for name, g := range st.guests {
 		v := e.sumGuest(g.slot)
 		base := e.reg.guestSlots[name].baseG
-		gc := GuestCounters{FramesOut: v.framesOut - base.framesOut, BytesOut: v.bytesOut - base.bytesOut,
-			FramesIn: v.framesIn - base.framesIn, BytesIn: v.bytesIn - base.bytesIn, Flooded: v.flooded - base.flooded,
-			Drops: map[string]uint64{}}
-		for i := range v.drops {
-			if n := v.drops[i] - base.drops[i]; n > 0 {
-				gc.Drops[DropReason(i).String()] = n
-			}
+		for i := range v {
+			v[i] -= base[i]
 		}
+		gc := GuestCounters{FramesOut: v[gFramesOut], BytesOut: v[gBytesOut], FramesIn: v[gFramesIn],
+			BytesIn: v[gBytesIn], Flooded: v[gFlooded], Drops: map[string]uint64{}}
+		putNonZero(gc.Drops, v[gDrops:], func(i int) string { return DropReason(i).String() })
 		out.Guests[name] = gc
 	}
 	for _, inst := range st.instByMAC {
 		v := e.sumInstance(inst.slot)
 		base := e.reg.instSlots[inst.name].baseI
+		for i := range v {
+			v[i] -= base[i]
+		}
 		out.Instances[inst.name] = InstanceCounters{Appliance: inst.appliance,
-			Sent: v.sent - base.sent, SentBytes: v.sentBytes - base.sentBytes,
-			Returned: v.returned - base.returned, ReturnedBytes: v.returnedBytes - base.returnedBytes,
-			Notices: v.notices - base.notices, Timeouts: v.timeouts - base.timeouts}
+			Sent: v[iSent], SentBytes: v[iSentBytes], Returned: v[iReturned], ReturnedBytes: v[iReturnedBytes],
+			Notices: v[iNotices], Timeouts: v[iTimeouts]}
 	}
 	for name, p := range st.ports {
 		out.Ports[name] = PortCounters{RxFrames: p.rxFrames.Load(), RxBytes: p.rxBytes.Load(), RxErrors: p.rxErrors.Load(),
 			TxFrames: p.txFrames.Load(), TxBytes: p.txBytes.Load(), TxErrors: p.txErrors.Load()}
 	}
-	var drops [NumDropReasons]uint64
-	var invalid [NumReasons]uint64
-	var unparsable [NumKeyReasons]uint64
+	var all [engineFields]uint64
 	for _, c := range e.allCounters() {
-		for i := range c.drops {
-			drops[i] += c.drops[i].load()
-		}
-		for i := range c.invalid {
-			invalid[i] += c.invalid[i].load()
-		}
-		for i := range c.unparsable {
-			unparsable[i] += c.unparsable[i].load()
-		}
+		sumCounters(all[:], c.engine[:])
 	}
-	putNonZero(out.Drops, drops[:], func(i int) string { return DropReason(i).String() })
-	putNonZero(out.Invalid, invalid[:], func(i int) string { return Reason(i).String() })
-	putNonZero(out.Unparsable, unparsable[:], func(i int) string { return KeyReason(i).String() })
+	putNonZero(out.Drops, all[eDrops:eInvalid], func(i int) string { return DropReason(i).String() })
+	putNonZero(out.Invalid, all[eInvalid:eUnparsable], func(i int) string { return Reason(i).String() })
+	putNonZero(out.Unparsable, all[eUnparsable:], func(i int) string { return KeyReason(i).String() })
 	for name, a := range st.appliances {
 		if n := a.rt.bypassed.Load(); n > 0 {
 			out.Bypassed[name] = n
@@ -488,7 +463,7 @@ func (e *Engine) timedOut(mc *workerCounters, fe *flowEntry, d Direction, passed
 	inst := rt.hops[min(passed, len(rt.hops)-1)].inst
 	fe.timeouts.Add(1)
 	if inst.slot < len(mc.insts) {
-		mc.insts[inst.slot].timeouts.add(1)
+		mc.insts[inst.slot][iTimeouts].add(1)
 	}
 	src, dst := fe.ends[d].guest, fe.ends[1-d].guest
 	pol := governing(src, dst)

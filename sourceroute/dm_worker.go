@@ -213,14 +213,14 @@ func (w *worker) fromGuest(st *state, dedicated *endpoint, frame []byte, now int
 	}
 	g := src.guest
 	gc := &w.c.guests[g.slot]
-	gc.framesOut.add(1)
-	gc.bytesOut.add(uint64(len(frame)))
+	gc[gFramesOut].add(1)
+	gc[gBytesOut].add(uint64(len(frame)))
 	if !g.ready {
 		w.failClosed(g, "", now)
 		return
 	}
 	if frame[0]&1 != 0 { // a group address
-		gc.flooded.add(1)
+		gc[gFlooded].add(1)
 		w.flood(st, src, frame, st.flood[src.zone], true)
 		return
 	}
@@ -275,8 +275,8 @@ func (w *worker) flood(st *state, src *endpoint, frame []byte, targets []floodTa
 		w.queue(t.port, nil, frame)
 		for _, ep := range t.eps {
 			gc := &w.c.guests[ep.guest.slot]
-			gc.framesIn.add(1)
-			gc.bytesIn.add(uint64(len(frame)))
+			gc[gFramesIn].add(1)
+			gc[gBytesIn].add(uint64(len(frame)))
 		}
 	}
 	if toUplink && st.uplink != nil {
@@ -388,8 +388,8 @@ func (w *worker) sendHop(fe *flowEntry, dir Direction, hop *routeHop, head, body
 	}
 	w.queue(hop.send, head, body)
 	ic := &w.c.insts[hop.inst.slot]
-	ic.sent.add(1)
-	ic.sentBytes.add(uint64(size))
+	ic[iSent].add(1)
+	ic[iSentBytes].add(uint64(size))
 }
 
 // owner is the guest a frame of direction d is counted against: its
@@ -405,8 +405,8 @@ func (w *worker) deliver(ep *endpoint, frame []byte) {
 	w.queue(ep.port, nil, frame)
 	if g := ep.guest; g != nil {
 		gc := &w.c.guests[g.slot]
-		gc.framesIn.add(1)
-		gc.bytesIn.add(uint64(len(frame)))
+		gc[gFramesIn].add(1)
+		gc[gBytesIn].add(uint64(len(frame)))
 	}
 }
 
@@ -437,8 +437,8 @@ func (w *worker) fromHeaderAppliance(st *state, inst *instanceObj, frame []byte,
 		return
 	}
 	ic := &w.c.insts[inst.slot]
-	ic.returned.add(1)
-	ic.returnedBytes.add(uint64(len(frame)))
+	ic[iReturned].add(1)
+	ic[iReturnedBytes].add(uint64(len(frame)))
 	fe, dir, rt := w.flowOf(st, f.Inner(), now)
 	if rt == nil || !bytes.Equal(frame[FixedHeaderLen:f.HeaderLen()], rt.wire) || rt.hops[next-1].inst != inst {
 		w.drop(nil, DropNoFlow)
@@ -466,8 +466,8 @@ func (w *worker) fromHeaderAppliance(st *state, inst *instanceObj, frame []byte,
 // flow again, and restores the header for the next hop or delivers it.
 func (w *worker) fromWire(st *state, inst *instanceObj, frame []byte, now int64) {
 	ic := &w.c.insts[inst.slot]
-	ic.returned.add(1)
-	ic.returnedBytes.add(uint64(len(frame)))
+	ic[iReturned].add(1)
+	ic[iReturnedBytes].add(uint64(len(frame)))
 	fe, dir, rt := w.flowOf(st, frame, now)
 	j := -1
 	if rt != nil {
@@ -528,7 +528,7 @@ func (w *worker) notice(st *state, inst *instanceObj, frame []byte, now int64) {
 		w.drop(nil, DropUnexpected)
 		return
 	}
-	w.c.insts[inst.slot].notices.add(1)
+	w.c.insts[inst.slot][iNotices].add(1)
 	ev := Event{Kind: EventDropNotice, Time: w.e.wallOf(now), Appliance: inst.appliance, Instance: inst.name, Notice: n.Why}
 	var fe *flowEntry
 	dir := Forward
@@ -633,19 +633,19 @@ func (w *worker) failClosed(g *guestObj, appliance string, now int64) {
 }
 
 func (w *worker) drop(g *guestObj, why DropReason) {
-	w.c.drops[why].add(1)
+	w.c.engine[eDrops+int(why)].add(1)
 	if g != nil {
-		w.c.guests[g.slot].drops[why].add(1)
+		w.c.guests[g.slot][gDrops+int(why)].add(1)
 	}
 }
 
 func (w *worker) invalid(r Reason) {
-	w.c.invalid[r].add(1)
+	w.c.engine[eInvalid+int(r)].add(1)
 	w.drop(nil, DropMalformed)
 }
 
 func (w *worker) unparsable(g *guestObj, r KeyReason) {
-	w.c.unparsable[r].add(1)
+	w.c.engine[eUnparsable+int(r)].add(1)
 	w.drop(g, DropMalformed)
 }
 
@@ -687,7 +687,7 @@ func (w *worker) send(q *txQueue) {
 	p.txErrors.Store(p.txErrors.Load() + uint64(lost))
 	p.mu.Unlock()
 	if lost > 0 {
-		w.c.drops[DropTxError].add(uint64(lost))
+		w.c.engine[eDrops+int(DropTxError)].add(uint64(lost))
 		if ok, suppressed := w.errLog.allow(w.e.mono()); ok {
 			w.e.log.Warn("sending on a port failed", "port", p.name, "lost", lost, "err", err, "suppressed", suppressed)
 		}
