@@ -77,5 +77,18 @@ bench: deps
 demo: build
 	$(BIN)/vsagent demo
 
+# appliance-image builds the appliance VM image (docs/appliance-image.md)
+# into $(IMAGE_DIR): a Debian kernel, downloaded once into the image cache and
+# never installed, and an initramfs whose init runs a static vsafilter.
+IMAGE_DIR ?= build/images
+
+.PHONY: appliance-image
+appliance-image: deps
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS) -s -w' -o $(BIN)/vsafilter ./cmd/vsafilter
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/vsagent ./cmd/vsagent
+	$(BIN)/vsagent image build -out $(IMAGE_DIR) -vsafilter $(BIN)/vsafilter
+	$(BIN)/vsagent image check $(IMAGE_DIR)
+
 clean:
 	rm -rf $(BIN) build dist

@@ -298,6 +298,12 @@ func TestDMDropNoticeBlocks(t *testing.T) {
 	if got := h.e.Flows("a")[0].Notices; got != 1 {
 		t.Errorf("flow notices %d, want 1", got)
 	}
+	// The notice accounts for the frame: it does not time out as well.
+	h.clock.Advance(time.Second)
+	h.e.scanTimeouts(h.e.mono())
+	if evs := h.events(); len(evs) != 0 {
+		t.Errorf("events after the notice: %+v", evs)
+	}
 
 	// Blocked: a's new flows are dropped; its existing flow, and a new
 	// flow b starts (through a's chain, in order), still pass.
@@ -638,6 +644,12 @@ func TestDMTooBig(t *testing.T) {
 	h.quiet()
 	if got := h.dropsOf("a")["too_big"]; got != 1 {
 		t.Errorf("too_big drops %d, want 1", got)
+	}
+	// Nothing entered the chain, so nothing can time out.
+	h.clock.Advance(time.Second)
+	h.e.scanTimeouts(h.e.mono())
+	if evs := h.events(); len(evs) != 0 {
+		t.Errorf("events after a too_big drop: %+v", evs)
 	}
 	h.inject(dmIntercept, small)
 	if out := h.sent("vsa-ips-1"); len(out) != 1 || len(out[0]) != 1514 {

@@ -348,8 +348,9 @@ func (w *worker) forward(st *state, src, dst *endpoint, zone uint16, frame []byt
 			w.deliver(dst, frame)
 			return
 		}
-		fe.sent(dir, now)
-		w.toHop(fe, dir, rt, 0, frame)
+		if w.toHop(fe, dir, rt, 0, frame) {
+			fe.sent(dir, now)
+		}
 		return
 	}
 }
@@ -370,26 +371,27 @@ func (w *worker) decide(key FlowKey) (FlowValue, error) {
 }
 
 // toHop sends inner to hop j of rt with the header hop j needs.
-func (w *worker) toHop(fe *flowEntry, dir Direction, rt *route, j int, inner []byte) {
+func (w *worker) toHop(fe *flowEntry, dir Direction, rt *route, j int, inner []byte) bool {
 	var head []byte
 	if !rt.hops[j].wire {
 		head = rt.hdr[j]
 	}
-	w.sendHop(fe, dir, &rt.hops[j], head, inner)
+	return w.sendHop(fe, dir, &rt.hops[j], head, inner)
 }
 
 // sendHop queues head‖body for an appliance, unless it would not fit the
 // link: then it is dropped and counted, never truncated.
-func (w *worker) sendHop(fe *flowEntry, dir Direction, hop *routeHop, head, body []byte) {
+func (w *worker) sendHop(fe *flowEntry, dir Direction, hop *routeHop, head, body []byte) bool {
 	size := len(head) + len(body)
 	if size-EthernetHeaderLen > hop.send.mtu {
 		w.drop(fe.owner(dir), DropTooBig)
-		return
+		return false
 	}
 	w.queue(hop.send, head, body)
 	ic := &w.c.insts[hop.inst.slot]
 	ic[iSent].add(1)
 	ic[iSentBytes].add(uint64(size))
+	return true
 }
 
 // owner is the guest a frame of direction d is counted against: its
@@ -547,6 +549,7 @@ func (w *worker) notice(st *state, inst *instanceObj, frame []byte, now int64) {
 		return
 	}
 	fe.notices.Add(1)
+	fe.returned(dir) // the frame's fate is known: no timeout for it
 	src, dst := fe.ends[dir].guest, fe.ends[1-dir].guest
 	w.drop(fe.owner(dir), DropNoticed)
 	pol := governing(src, dst)

@@ -15,6 +15,7 @@ commands:
   run [-c FILE]            run the agent (what systemd starts)
   check-config [-c FILE]   validate a configuration; print every error
   demo                     run vsagent's job on a simulated host and narrate it
+  image COMMAND            build and check the appliance VM image (vsagent image help)
   version                  print the version
 `
 
@@ -34,6 +35,8 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return runCheckConfig(args[1:])
 	case "demo":
 		return runDemo(args[1:], stdout, stderr)
+	case "image":
+		return runImage(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "vsagent", version.Version)
 		return 0

@@ -12,11 +12,12 @@
 // migrate between hosts with the same one. Clients reach a lab through its
 // socket in Lab.Dir (Lab.URI); Lab.Exec runs commands inside its namespaces.
 //
-// GuestImage fetches a Debian kernel (downloaded with apt, unpacked, never
-// installed) and builds an initramfs around busybox-static that configures
-// the guest's interfaces from the kernel command line; GuestDomain describes
-// a guest for it that boots in about ten seconds under TCG. Both are cached
-// in a stable directory, so reruns are fast.
+// GuestImage gets a Debian kernel and builds an initramfs around
+// busybox-static that configures the guest's interfaces from the kernel
+// command line, both through package vmimage (which also builds the
+// appliance image) and cached in the same folder, so the kernel is
+// downloaded once per machine; GuestDomain describes a guest for it that
+// boots in about ten seconds under TCG.
 //
 // Nothing here imports the libvirt binding: the process-wide libvirt event
 // loop must be registered before any connection, and that is the hypervisor

@@ -1,10 +1,12 @@
-package libvirtlab
+package vmimage
 
 import (
 	"bufio"
 	"compress/gzip"
 	"context"
+	"crypto/sha256"
 	"debug/elf"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -24,7 +26,7 @@ import (
 // replaced atomically.
 func BuildInitramfs(ctx context.Context, out string, files map[string]string, initScript string) error {
 	if !strings.HasPrefix(initScript, "#!") {
-		return errors.New("libvirtlab: init script must start with #!")
+		return errors.New("vmimage: init script must start with #!")
 	}
 	busybox, err := staticBusybox()
 	if err != nil {
@@ -32,7 +34,7 @@ func BuildInitramfs(ctx context.Context, out string, files map[string]string, in
 	}
 	applets, err := exec.CommandContext(ctx, busybox, "--list-full").Output()
 	if err != nil {
-		return fmt.Errorf("libvirtlab: listing busybox applets: %w", err)
+		return fmt.Errorf("vmimage: listing busybox applets: %w", err)
 	}
 
 	img := newImage()
@@ -51,18 +53,79 @@ func BuildInitramfs(ctx context.Context, out string, files map[string]string, in
 	for dest, src := range files {
 		clean := path.Clean("/" + dest)
 		if clean == "/init" || clean == "/bin/busybox" {
-			return fmt.Errorf("libvirtlab: %s is reserved in the image", clean)
+			return fmt.Errorf("vmimage: %s is reserved in the image", clean)
 		}
 		st, err := os.Stat(src)
 		if err != nil {
-			return fmt.Errorf("libvirtlab: image file %s: %w", dest, err)
+			return fmt.Errorf("vmimage: image file %s: %w", dest, err)
 		}
 		if !st.Mode().IsRegular() {
-			return fmt.Errorf("libvirtlab: image file %s: %s is not a regular file", dest, src)
+			return fmt.Errorf("vmimage: image file %s: %s is not a regular file", dest, src)
 		}
 		img.file(clean, uint32(st.Mode().Perm()), "", src)
 	}
 	return img.write(ctx, out)
+}
+
+// Initramfs builds an initramfs like BuildInitramfs into the cache, named
+// NAME-DIGEST.cpio.gz after a digest of everything that goes into it, and
+// reuses it when it exists already.
+func (c Cache) Initramfs(ctx context.Context, name string, files map[string]string, initScript string) (string, error) {
+	dir, err := c.dir()
+	if err != nil {
+		return "", err
+	}
+	key, err := initramfsKey(files, initScript)
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, fmt.Sprintf("%s-%s.cpio.gz", name, key))
+	if _, err := os.Stat(out); err == nil {
+		return out, nil
+	}
+	unlock, err := lockCache(ctx, dir)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if _, err := os.Stat(out); err == nil {
+		return out, nil
+	}
+	c.logf("building initramfs %s…", filepath.Base(out))
+	if err := BuildInitramfs(ctx, out, files, initScript); err != nil {
+		return "", err
+	}
+	return out, nil
+}
+
+// initramfsKey digests the inputs of an image: the script, the busybox
+// binary's identity and every file's destination, size and modification
+// time (hashing the bytes of large binaries on every run would cost more
+// than it saves).
+func initramfsKey(files map[string]string, initScript string) (string, error) {
+	h := sha256.New()
+	fmt.Fprintf(h, "newc-v1\x00%s\x00", initScript)
+	busybox, err := staticBusybox()
+	if err != nil {
+		return "", err
+	}
+	sources := map[string]string{"/bin/busybox": busybox}
+	for dest, src := range files {
+		sources[dest] = src
+	}
+	dests := make([]string, 0, len(sources))
+	for d := range sources {
+		dests = append(dests, d)
+	}
+	sort.Strings(dests)
+	for _, d := range dests {
+		st, err := os.Stat(sources[d])
+		if err != nil {
+			return "", fmt.Errorf("vmimage: image file %s: %w", d, err)
+		}
+		fmt.Fprintf(h, "%s\x00%d\x00%d\x00%o\x00", d, st.Size(), st.ModTime().UnixNano(), st.Mode())
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
 // staticBusybox finds busybox and insists that it is statically linked: a
@@ -70,16 +133,16 @@ func BuildInitramfs(ctx context.Context, out string, files map[string]string, in
 func staticBusybox() (string, error) {
 	p, err := exec.LookPath("busybox")
 	if err != nil {
-		return "", fmt.Errorf("libvirtlab: busybox not found (install busybox-static): %w", err)
+		return "", fmt.Errorf("%w: busybox (install busybox-static)", ErrMissingTool)
 	}
 	f, err := elf.Open(p)
 	if err != nil {
-		return "", fmt.Errorf("libvirtlab: %s: %w", p, err)
+		return "", fmt.Errorf("vmimage: %s: %w", p, err)
 	}
 	defer f.Close()
 	for _, prog := range f.Progs {
 		if prog.Type == elf.PT_INTERP {
-			return "", fmt.Errorf("libvirtlab: %s is dynamically linked (install busybox-static)", p)
+			return "", fmt.Errorf("%w: %s is dynamically linked (install busybox-static)", ErrMissingTool, p)
 		}
 	}
 	return p, nil
@@ -131,10 +194,41 @@ func (img image) device(p string, major, minor uint32) {
 	img[p] = &entry{mode: modeChar | 0o600, rmajor: major, rmin: minor}
 }
 
-func (img image) write(ctx context.Context, out string) (err error) {
-	tmp, err := os.CreateTemp(filepath.Dir(out), ".initramfs-*")
+func (img image) write(ctx context.Context, out string) error {
+	return writeAtomic(out, func(w io.Writer) error {
+		buf := bufio.NewWriter(w)
+		zw := gzip.NewWriter(buf)
+		cw := &cpioWriter{w: zw}
+		names := make([]string, 0, len(img))
+		for p := range img {
+			names = append(names, p)
+		}
+		sort.Strings(names)
+		for _, p := range names {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := cw.add(strings.TrimPrefix(p, "/"), img[p]); err != nil {
+				return fmt.Errorf("vmimage: packing %s: %w", p, err)
+			}
+		}
+		if err := cw.trailer(); err != nil {
+			return err
+		}
+		if err := zw.Close(); err != nil {
+			return err
+		}
+		return buf.Flush()
+	})
+}
+
+// writeAtomic creates dst (mode 0644) with what fill writes, through a
+// temporary file in dst's folder that replaces dst only once complete: a VM
+// starting meanwhile reads either the old file or the new one, never half.
+func writeAtomic(dst string, fill func(io.Writer) error) (err error) {
+	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+"-*")
 	if err != nil {
-		return fmt.Errorf("libvirtlab: %w", err)
+		return fmt.Errorf("vmimage: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -142,40 +236,17 @@ func (img image) write(ctx context.Context, out string) (err error) {
 			os.Remove(tmp.Name())
 		}
 	}()
-	buf := bufio.NewWriter(tmp)
-	zw := gzip.NewWriter(buf)
-	cw := &cpioWriter{w: zw}
-
-	names := make([]string, 0, len(img))
-	for p := range img {
-		names = append(names, p)
-	}
-	sort.Strings(names)
-	for _, p := range names {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := cw.add(strings.TrimPrefix(p, "/"), img[p]); err != nil {
-			return fmt.Errorf("libvirtlab: packing %s: %w", p, err)
-		}
-	}
-	if err := cw.trailer(); err != nil {
-		return err
-	}
-	if err := zw.Close(); err != nil {
-		return err
-	}
-	if err := buf.Flush(); err != nil {
+	if err := fill(tmp); err != nil {
 		return err
 	}
 	if err := tmp.Chmod(0o644); err != nil {
-		return err
+		return fmt.Errorf("vmimage: %w", err)
 	}
 	if err := tmp.Close(); err != nil {
-		return err
+		return fmt.Errorf("vmimage: writing %s: %w", dst, err)
 	}
-	if err := os.Rename(tmp.Name(), out); err != nil {
-		return fmt.Errorf("libvirtlab: %w", err)
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return fmt.Errorf("vmimage: %w", err)
 	}
 	return nil
 }
