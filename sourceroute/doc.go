@@ -14,6 +14,14 @@
 // headers. Both directions of a flow find the same entry and learn which
 // direction they are.
 //
+// The forwarding engine (Engine) is the DM itself: it reads guest and
+// appliance ports, classifies each new flow against the guests' policies
+// (a Snapshot the agent replaces atomically with Update), pins it to
+// healthy appliance instances, source-routes its frames through them with
+// headers built once per decision, and delivers them byte for byte; it
+// fails closed, reports drop notices and return timeouts as Events, and
+// counts every drop by reason. docs/distribution-manager.md describes it.
+//
 // It imports nothing else of vsagent's. The codec and flow table are hot
 // paths: they work in caller-owned buffers and allocate nothing per frame.
 package sourceroute
