@@ -34,8 +34,8 @@ const (
 // ApplianceInit returns /init of the appliance image. It loads the virtio
 // modules in order, brings every ethN up (vsafilter sets promiscuous mode
 // itself when its hop address is not the NIC's), runs vsafilter with its
-// configuration from the kernel command line and its JSON lines on the
-// console, and powers the VM off when vsafilter exits for any reason: the
+// configuration from the kernel command line (serving eth0 unless that
+// names another interface) and its JSON lines on the console, and powers the VM off when vsafilter exits for any reason: the
 // domain stops, which the agent sees and treats as a failed appliance. As
 // PID 1 the script must never exit (the kernel would panic), so a failed
 // power-off falls back to the kernel's own.
@@ -59,8 +59,14 @@ ip link set lo up
 i=0
 while [ $i -lt 100 ] && [ ! -e /sys/class/net/eth0 ]; do sleep 0.1; i=$((i+1)); done
 for dev in /sys/class/net/eth*; do [ -e "$dev" ] && ip link set "${dev##*/}" up; done
+# A header appliance has one NIC: serve eth0 unless the command line says.
+set -- -config-from-cmdline
+case " $(cat /proc/cmdline) " in
+*" vsafilter.iface="*) ;;
+*) set -- "$@" -i eth0 ;;
+esac
 say "starting vsafilter"
-` + VsafilterPath + ` -config-from-cmdline
+` + VsafilterPath + ` "$@"
 status=$?
 say "vsafilter exited with status $status; powering off"
 off

@@ -17,8 +17,14 @@ ip link set lo up
 i=0
 while [ $i -lt 100 ] && [ ! -e /sys/class/net/eth0 ]; do sleep 0.1; i=$((i+1)); done
 for dev in /sys/class/net/eth*; do [ -e "$dev" ] && ip link set "${dev##*/}" up; done
+# A header appliance has one NIC: serve eth0 unless the command line says.
+set -- -config-from-cmdline
+case " $(cat /proc/cmdline) " in
+*" vsafilter.iface="*) ;;
+*) set -- "$@" -i eth0 ;;
+esac
 say "starting vsafilter"
-/usr/sbin/vsafilter -config-from-cmdline
+/usr/sbin/vsafilter "$@"
 status=$?
 say "vsafilter exited with status $status; powering off"
 off
