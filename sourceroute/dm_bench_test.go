@@ -215,3 +215,69 @@ func TestDMZeroAllocsPerFrame(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkDMNewFlow is the cost of a frame that starts a flow: every
+// frame is new, the table is full, so each one also evicts a flow; the
+// evicted flows' entries are reclaimed every 4096 frames, as the
+// maintenance loop would. One op is one frame.
+func BenchmarkDMNewFlow(b *testing.B) {
+	sc := newDMScenario(b, 100_000, "ips", "fw")
+	sc.e.table, _ = NewFlowTable(FlowTableConfig{Capacity: 1000, IdleTimeout: DefaultFlowIdleTimeout, OnRemove: sc.e.slab.onRemove})
+	for _, w := range sc.e.workers {
+		w.fw = sc.e.table.NewWorker()
+	}
+	inserts := sc.e.table.Stats().Inserts
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu := startCPUClock(b)
+	frames := 0
+	for frames < b.N {
+		sc.poll(b, dmIntercept)
+		if frames += dmBenchBatch; frames%4096 == 0 {
+			sc.e.reclaim(context.Background(), sc.e.mono())
+		}
+	}
+	cpu.report(b)
+	b.StopTimer()
+	if got := sc.e.table.Stats().Inserts - inserts; got != uint64(frames) {
+		b.Fatalf("%d new flows for %d frames", got, frames)
+	}
+}
+
+// BenchmarkDMUpdate is the cost of an Update while the table holds 100 000
+// flows: "untouched" changes a guest no flow refers to (the table is not
+// visited), "visit" is the pass over the table that an update touching
+// flows makes, here finding none to delete.
+func BenchmarkDMUpdate(b *testing.B) {
+	sc := newDMScenario(b, 100_000, "ips", "fw")
+	sc.warm(b, nil, -1)
+	s := Snapshot{Guests: []GuestRule{dmGuest("a", gMAC(1), dmPolicy("p", "ips", "fw")), dmGuest("b", gMAC(2), nil),
+		dmGuest("c", gMAC(3), nil)},
+		Appliances: []ApplianceRule{dmHeaderInst("ips", "ips-1", ipsMAC), dmHeaderInst("fw", "fw-1", fwMAC)}}
+	ctx := context.Background()
+	b.Run("untouched", func(b *testing.B) {
+		for i := range b.N {
+			s.Guests[2].Ready = i%2 == 0
+			if err := sc.e.Update(ctx, s); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("visit", func(b *testing.B) {
+		ch := &changes{gen: sc.e.reg.gen}
+		for range b.N {
+			_, deleted := sc.e.table.Visit(sc.e.mono(), func(f *Flow) VisitAction {
+				if sc.e.stale(sc.e.slab.at(f.Value.Handle), ch) {
+					return VisitDelete
+				}
+				return VisitKeep
+			})
+			if deleted != 0 {
+				b.Fatalf("deleted %d flows", deleted)
+			}
+		}
+	})
+	if n := sc.e.table.Len(); n != 100_000 {
+		b.Fatalf("%d flows left, the updates must keep all 100000", n)
+	}
+}

@@ -420,6 +420,9 @@ func (e *Engine) reclaim(ctx context.Context, now int64) {
 		e.slab.requeue(batch)
 		return
 	}
+	for _, h := range batch {
+		e.slab.at(h).hold(-1)
+	}
 	e.slab.release(batch)
 }
 

@@ -36,8 +36,9 @@ type decision struct {
 	rt       [2]*route
 	insts    []*instanceObj // every instance of either route
 	deps     []string       // appliances skipped or missing: their availability shaped this decision
-	bypassed []string       // appliances skipped (FailBypass)
-	missing  string         // the appliance without an instance (chain_not_ready)
+	depRT    []*applianceRuntime
+	bypassed []string // appliances skipped (FailBypass)
+	missing  string   // the appliance without an instance (chain_not_ready)
 }
 
 // route is one direction's path through appliances, with its headers.
@@ -274,6 +275,7 @@ type classifier struct {
 	sym      []bool
 	fwd, rev []*instanceObj
 	deps     []string
+	depRT    []*applianceRuntime
 	bypassed []string
 	keyBuf   []byte
 }
@@ -311,12 +313,15 @@ func (e *Engine) decide(c *classifier, st *state, src, dst *endpoint, key *FlowK
 		return st.direct, 0
 	}
 	h := flowHash(key, e.hashSeed)
-	c.fwd, c.rev, c.deps, c.bypassed = c.fwd[:0], c.rev[:0], c.deps[:0], c.bypassed[:0]
+	c.fwd, c.rev, c.deps, c.depRT, c.bypassed = c.fwd[:0], c.rev[:0], c.deps[:0], c.depRT[:0], c.bypassed[:0]
 	missing := ""
 	for i, name := range c.apps {
 		a := st.appliances[name]
 		if a == nil || len(a.healthy) == 0 {
 			c.deps = append(c.deps, name)
+			if a != nil {
+				c.depRT = append(c.depRT, a.rt)
+			}
 			if a != nil && a.onFailure == FailBypass {
 				c.bypassed = append(c.bypassed, name)
 				continue
@@ -367,7 +372,7 @@ func (e *Engine) decide(c *classifier, st *state, src, dst *endpoint, key *FlowK
 
 func (e *Engine) newDecision(verdict Verdict, reason DropReason, c *classifier, missing string) *decision {
 	d := &decision{verdict: verdict, reason: reason, missing: missing,
-		deps: cloneOrNil(c.deps), bypassed: cloneOrNil(c.bypassed)}
+		deps: cloneOrNil(c.deps), depRT: cloneOrNil(c.depRT), bypassed: cloneOrNil(c.bypassed)}
 	if len(c.fwd) > 0 {
 		d.rt[Forward] = e.newRoute(c.fwd, false)
 		d.insts = cloneOrNil(c.fwd)

@@ -52,6 +52,8 @@ type endpoint struct {
 	zone      uint16
 	remote    bool
 	dedicated bool
+	liveGen   uint64       // the last update whose state has it; under Engine.updateMu
+	flows     atomic.Int64 // flows that end here, until their entries are reclaimed
 }
 
 type guestObj struct {
@@ -88,6 +90,10 @@ type instanceObj struct {
 	port, out *openPort // out: a wire appliance's out-port
 	slot      int
 	seed      uint64 // its weight in rendezvous hashing, stable across restarts
+	// healthyGen is the last update whose state has it healthy; under
+	// Engine.updateMu.
+	healthyGen uint64
+	flows      atomic.Int64 // flows pinned to it, until their entries are reclaimed
 }
 
 type applianceObj struct {
@@ -100,6 +106,10 @@ type applianceObj struct {
 type applianceRuntime struct {
 	bypass   limiter
 	bypassed atomic.Uint64
+	// availGen is the last update that changed whether the appliance has a
+	// healthy instance, or its on_failure; under Engine.updateMu.
+	availGen uint64
+	depFlows atomic.Int64 // flows decided without it (skipped or missing)
 }
 
 type rxKind uint8
@@ -147,6 +157,7 @@ type openPort struct {
 // registry is what the control path keeps across snapshots; guarded by
 // Engine.updateMu.
 type registry struct {
+	gen        uint64 // counts updates
 	ports      map[string]*openPort
 	portIDs    idAlloc
 	guestSlots map[string]*slotInfo
@@ -256,12 +267,13 @@ func (e *Engine) fillStatic(st *state) {
 }
 
 // changes is what an Update changed, for deciding which flows to delete.
+// Objects of the new state carry the update's generation: an endpoint or
+// instance without it is gone or unhealthy, an appliance with it in
+// availGen changed availability. any says whether a flow may refer to
+// one of those: only then is the flow table visited.
 type changes struct {
-	liveEP  map[*endpoint]bool    // every guest endpoint of the new state
-	healthy map[*instanceObj]bool // every healthy instance of the new state
-	avail   map[string]bool       // appliances whose availability or on_failure changed
-	grown   map[uint16]bool       // zones that gained an interface
-	any     bool
+	gen uint64
+	any bool
 }
 
 // build compiles a validated snapshot on top of old. Ports that cannot be
@@ -298,7 +310,8 @@ func (e *Engine) build(s *Snapshot, old *state) (*state, *changes, error) {
 		return z
 	}
 
-	ch := &changes{liveEP: map[*endpoint]bool{}, healthy: map[*instanceObj]bool{}, avail: map[string]bool{}, grown: map[uint16]bool{}}
+	r.gen++
+	ch := &changes{gen: r.gen}
 	for _, rule := range s.Guests {
 		rule = rule.normalized()
 		ports := make([]*openPort, len(rule.Interfaces))
@@ -316,10 +329,7 @@ func (e *Engine) build(s *Snapshot, old *state) (*state, *changes, error) {
 		ns.guests[g.name] = g
 		for _, ep := range g.ifaces {
 			ns.ifaceByMAC[macKey(ep.mac[:])] = ep
-			ch.liveEP[ep] = true
-			if old.ifaceByMAC[macKey(ep.mac[:])] == nil {
-				ch.grown[ep.zone] = true
-			}
+			ep.liveGen = ch.gen
 		}
 	}
 
@@ -331,15 +341,7 @@ func (e *Engine) build(s *Snapshot, old *state) (*state, *changes, error) {
 		if rule.Kind == WireAppliance {
 			out = port(rule.OutPort, true)
 		}
-		a := ns.appliances[rule.Appliance]
-		if a == nil {
-			a = &applianceObj{name: rule.Appliance, onFailure: rule.OnFailure, rt: r.appRT[rule.Appliance]}
-			if a.rt == nil {
-				a.rt = &applianceRuntime{}
-				r.appRT[rule.Appliance] = a.rt
-			}
-			ns.appliances[rule.Appliance] = a
-		}
+		a := e.appliance(ns, rule.Appliance, rule.OnFailure)
 		if in == nil || (rule.Kind == WireAppliance && out == nil) {
 			continue // unreachable: as good as unhealthy
 		}
@@ -350,22 +352,33 @@ func (e *Engine) build(s *Snapshot, old *state) (*state, *changes, error) {
 		ns.instByMAC[inst.mac] = inst
 		if healthy {
 			a.healthy = append(a.healthy, inst)
-			ch.healthy[inst] = true
+			inst.healthyGen = ch.gen
+		}
+	}
+	// Appliances that chains name but no instance provides fail closed, and
+	// their runtime lets flows that wait for them be found later.
+	for _, g := range ns.guests {
+		if p := g.policy; p != nil {
+			for _, name := range p.chain {
+				e.appliance(ns, name, FailBlock)
+			}
+			for _, c := range p.classifiers {
+				for _, name := range c.Chain {
+					e.appliance(ns, name, FailBlock)
+				}
+			}
 		}
 	}
 
 	e.fillRoles(ns)
-	ch.any = len(ch.grown) > 0
-	for mac, ep := range old.ifaceByMAC {
-		if ns.ifaceByMAC[mac] != ep {
+	for _, ep := range old.ifaceByMAC {
+		if ep.liveGen != ch.gen && ep.flows.Load() > 0 {
 			ch.any = true
 		}
 	}
-	for _, a := range old.appliances {
-		for _, inst := range a.healthy {
-			if !ch.healthy[inst] {
-				ch.any = true
-			}
+	for _, inst := range old.instByMAC {
+		if inst.healthyGen != ch.gen && inst.flows.Load() > 0 {
+			ch.any = true
 		}
 	}
 	names := map[string]bool{}
@@ -377,18 +390,36 @@ func (e *Engine) build(s *Snapshot, old *state) (*state, *changes, error) {
 	}
 	for name := range names {
 		if availability(old.appliances[name]) != availability(ns.appliances[name]) {
-			ch.avail[name] = true
-			ch.any = true
+			for _, a := range []*applianceObj{old.appliances[name], ns.appliances[name]} {
+				if a != nil {
+					a.rt.availGen = ch.gen
+					ch.any = ch.any || a.rt.depFlows.Load() > 0
+				}
+			}
 		}
 	}
 	return ns, ch, errors.Join(portErrs...)
+}
+
+// appliance returns ns's appliance called name, making it if needed.
+func (e *Engine) appliance(ns *state, name string, onFailure FailureAction) *applianceObj {
+	if a := ns.appliances[name]; a != nil {
+		return a
+	}
+	a := &applianceObj{name: name, onFailure: onFailure, rt: e.reg.appRT[name]}
+	if a.rt == nil {
+		a.rt = &applianceRuntime{}
+		e.reg.appRT[name] = a.rt
+	}
+	ns.appliances[name] = a
+	return a
 }
 
 // availability is what flows that could not use an appliance depend on.
 func availability(a *applianceObj) string {
 	switch {
 	case a == nil:
-		return "unknown"
+		return "unknown" // fails closed like "unavailable, block"
 	case len(a.healthy) > 0:
 		return "available"
 	}
@@ -536,29 +567,39 @@ func (e *Engine) Update(ctx context.Context, s Snapshot) error {
 
 // stale reports whether a flow must be re-decided under the new state.
 func (e *Engine) stale(fe *flowEntry, ch *changes) bool {
-	remote := false
 	for _, ep := range fe.ends {
-		if ep.remote {
-			remote = true
-		} else if !ch.liveEP[ep] {
+		if !ep.remote && ep.liveGen != ch.gen {
 			return true
 		}
-	}
-	if remote && ch.grown[fe.key.Zone()] {
-		return true // a remote peer may have become a local guest
 	}
 	d := fe.dec
 	for _, inst := range d.insts {
-		if !ch.healthy[inst] {
+		if inst.healthyGen != ch.gen {
 			return true
 		}
 	}
-	for _, name := range d.deps {
-		if ch.avail[name] {
+	for _, rt := range d.depRT {
+		if rt.availGen == ch.gen {
 			return true
 		}
 	}
 	return false
+}
+
+// hold counts a flow (n = 1) or its reclaimed entry (n = -1) on what it
+// refers to, so that Update can tell whether any flow is affected.
+func (fe *flowEntry) hold(n int64) {
+	for _, ep := range fe.ends {
+		if !ep.remote {
+			ep.flows.Add(n)
+		}
+	}
+	for _, inst := range fe.dec.insts {
+		inst.flows.Add(n)
+	}
+	for _, rt := range fe.dec.depRT {
+		rt.depFlows.Add(n)
+	}
 }
 
 // retire stops the workers of ports that ns no longer reads, closes the

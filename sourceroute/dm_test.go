@@ -981,3 +981,37 @@ func TestDMDeliveredFramesAreUnchanged(t *testing.T) {
 		t.Errorf("delivered %x, want %x", got, tagged)
 	}
 }
+
+// TestDMRemotePeerBecomesLocal: a flow to a host behind the uplink keeps
+// working when that host turns out to be (or becomes) a local guest: the
+// sender's next frame re-decides its own flow instead of being dropped.
+func TestDMRemotePeerBecomesLocal(t *testing.T) {
+	h := newDMHarness(t, Config{UplinkPort: "up0"})
+	s := twoVSASnapshot()
+	h.update(s)
+	toX := dmUDPFrame(gMAC(1), gMAC(7), "10.0.0.1", "10.0.0.7", 40000, 53, "to x")
+	h.inject(dmIntercept, toX)
+	h.vsa("vsa-ips-1", ipsMAC)
+	h.vsa("vsa-fw-1", fwMAC)
+	if got := h.sent("up0"); len(got) != 1 {
+		t.Fatalf("%d frames out of the uplink, want 1", len(got))
+	}
+	s.Guests = append(s.Guests, dmGuest("x", gMAC(7), nil))
+	h.update(s)
+	h.inject(dmIntercept, toX)
+	h.vsa("vsa-ips-1", ipsMAC)
+	h.vsa("vsa-fw-1", fwMAC)
+	if diff := cmp.Diff([][]byte{toX}, h.sent("tap-x")); diff != "" {
+		t.Errorf("after x appeared locally (-want +got):\n%s", diff)
+	}
+	h.quiet()
+	if got := h.e.Counters().Drops; len(got) != 0 {
+		t.Errorf("drops %v", got)
+	}
+	// Someone else's frame with the flow's addresses still rides nothing.
+	h.inject(dmIntercept, dmUDPFrame(gMAC(2), gMAC(7), "10.0.0.1", "10.0.0.7", 40000, 53, "b posing as a"))
+	h.quiet()
+	if got := h.e.Counters().Drops["flow_mismatch"]; got != 1 {
+		t.Errorf("flow_mismatch drops %d, want 1", got)
+	}
+}

@@ -323,6 +323,12 @@ func (w *worker) forward(st *state, src, dst *endpoint, zone uint16, frame []byt
 		}
 		fe := w.e.slab.at(v.Handle)
 		if fe.ends[dir] != src || fe.ends[1-dir] != dst {
+			if fe.ends[dir] == src && fe.ends[1-dir].remote && !dst.remote && attempt == 0 {
+				// The sender's own flow to a remote peer that has
+				// since become a local guest: decide it again.
+				w.e.table.Delete(&key)
+				continue
+			}
 			// The addresses of another pair's flow: spoofed, or an
 			// address conflict. Never let it ride that flow's decision.
 			w.drop(owner, DropFlowMismatch)
@@ -366,6 +372,7 @@ func (w *worker) decide(key FlowKey) (FlowValue, error) {
 	fe.key = key
 	fe.ends = [2]*endpoint{c.src, c.dst}
 	fe.dec, fe.blockedUntil = w.e.decide(&w.cls, c.st, c.src, c.dst, &key, c.now)
+	fe.hold(1)
 	fe.live.Store(true)
 	return FlowValue{Handle: h, Verdict: fe.dec.verdict}, nil
 }
