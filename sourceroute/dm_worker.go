@@ -474,18 +474,18 @@ func (w *worker) fromHeaderAppliance(st *state, inst *instanceObj, frame []byte,
 // fromWire handles a frame coming out of a wire appliance: the DM finds its
 // flow again, and restores the header for the next hop or delivers it.
 func (w *worker) fromWire(st *state, inst *instanceObj, frame []byte, now int64) {
-	ic := &w.c.insts[inst.slot]
-	ic[iReturned].add(1)
-	ic[iReturnedBytes].add(uint64(len(frame)))
 	fe, dir, rt := w.flowOf(st, frame, now)
 	j := -1
 	if rt != nil {
 		j = rt.hopOf(inst, w.port)
 	}
 	if j < 0 {
-		w.drop(nil, DropNoFlow)
+		w.drop(nil, DropNoFlow) // not ours, or the box's own chatter
 		return
 	}
+	ic := &w.c.insts[inst.slot]
+	ic[iReturned].add(1)
+	ic[iReturnedBytes].add(uint64(len(frame)))
 	fe.passed(dir, j)
 	if j == len(rt.hops)-1 {
 		fe.returned(dir)
