@@ -1015,3 +1015,36 @@ func TestDMRemotePeerBecomesLocal(t *testing.T) {
 		t.Errorf("flow_mismatch drops %d, want 1", got)
 	}
 }
+
+// TestDMNoticeOfALargeFrame: a notice carries at most 256 bytes of the
+// dropped frame, so the inner IP header claims more than is there; the
+// notice must still be attributed to its flow, for IPv4 and IPv6.
+func TestDMNoticeOfALargeFrame(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+	}{
+		{"ipv4", dmUDPFrame(gMAC(1), gMAC(2), "10.0.0.1", "10.0.0.2", 40000, 53, strings.Repeat("x", 1200))},
+		{"ipv6", dmEth(gMAC(2), gMAC(1), etherTypeIPv6, dmIP6(protoUDP, "fd00::1", "fd00::2", dmUDP(40000, 53, strings.Repeat("x", 1200))))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newDMHarness(t, Config{})
+			h.update(twoVSASnapshot())
+			h.inject(dmIntercept, tc.frame)
+			atIPS := h.sent("vsa-ips-1")
+			notice := make([]byte, 512)
+			n, err := BuildDropNotice(notice, dmSelf, ipsMAC, NoticeSignature, atIPS[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.inject("vsa-ips-1", notice[:n])
+			evs := h.events()
+			if len(evs) != 1 || !evs[0].HasFlow || evs[0].Flow.DstPort() != 53 || evs[0].Guest != "a" || evs[0].Notice != NoticeSignature {
+				t.Errorf("events %+v, want a signature notice for a's flow", evs)
+			}
+			if f := h.e.Flows("a"); len(f) != 1 || f[0].Notices != 1 {
+				t.Errorf("flows %+v", f)
+			}
+		})
+	}
+}
