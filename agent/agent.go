@@ -17,7 +17,7 @@ import (
 
 var (
 	// ErrUnknownPolicy: a guest's binding names a policy the config lacks.
-	ErrUnknownPolicy = errors.New("unknown policy")
+	ErrUnknownPolicy = config.ErrUnknownPolicy
 	// ErrProvision: an appliance could not be defined or started.
 	ErrProvision = errors.New("appliance provisioning failed")
 )

@@ -48,22 +48,3 @@ func parseGateRecord(s string) (gateRecord, bool, error) {
 	}
 	return g, true, nil
 }
-
-// binding is the operator-set element in BindingNamespace that names a
-// guest's policy; it travels with the guest on migration.
-type binding struct {
-	XMLName xml.Name `xml:"binding"`
-	Policy  string   `xml:"policy,attr"`
-}
-
-func parseBinding(s string) (string, error) {
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return "", nil
-	}
-	var b binding
-	if err := xml.NewDecoder(strings.NewReader(s)).Decode(&b); err != nil {
-		return "", fmt.Errorf("decode policy binding %q: %w", s, err)
-	}
-	return strings.TrimSpace(b.Policy), nil
-}

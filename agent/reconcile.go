@@ -11,6 +11,7 @@ import (
 
 	"github.com/vsagent/vsagent/appliance"
 	"github.com/vsagent/vsagent/hypervisor"
+	"github.com/vsagent/vsagent/internal/config"
 )
 
 // reconcile brings one domain to its desired state. It re-reads everything
@@ -49,7 +50,7 @@ func (a *Agent) reconcileGuest(ctx context.Context, dom hypervisor.Domain, xmlDo
 	if err != nil {
 		return err
 	}
-	boundPolicy, bindErr := parseBinding(bound)
+	boundPolicy, bindErr := config.ParseBinding(bound)
 	gateXML, err := a.readMetadata(ctx, dom.UUID, hypervisor.StateNamespace)
 	if err != nil {
 		return err
@@ -62,11 +63,11 @@ func (a *Agent) reconcileGuest(ctx context.Context, dom hypervisor.Domain, xmlDo
 		gated, gate = true, gateRecord{Resume: true}
 	}
 
-	var res resolution
+	var res config.Resolution
 	if bindErr != nil {
-		res = resolution{Reason: "unreadable metadata binding", Err: bindErr}
+		res = config.Resolution{Reason: "unreadable metadata binding", Err: bindErr}
 	} else {
-		res = resolvePolicy(cfg, dom.Name, boundPolicy)
+		res = cfg.Resolve(dom.Name, boundPolicy)
 	}
 
 	if !dom.State.Active() {

@@ -15,7 +15,10 @@ import (
 
 	"github.com/vsagent/vsagent/agent"
 	"github.com/vsagent/vsagent/hypervisor"
+	"github.com/vsagent/vsagent/internal/api"
+	"github.com/vsagent/vsagent/internal/api/agentapi"
 	"github.com/vsagent/vsagent/internal/config"
+	"github.com/vsagent/vsagent/internal/metrics"
 	"github.com/vsagent/vsagent/internal/version"
 	"github.com/vsagent/vsagent/systemd"
 )
@@ -53,6 +56,40 @@ type daemon struct {
 	log       *slog.Logger
 	notify    *systemd.Notifier
 	heartbeat systemd.Heartbeat
+	metrics   *metrics.Metrics
+}
+
+// serveOperators starts the root-only control socket (vsactl) and, when
+// configured, the Prometheus endpoint.
+func (d *daemon) serveOperators(ctx context.Context, cfg *config.Config, ag *agent.Agent, hv *hypervisor.Conn) error {
+	cpu := agentapi.NewCPUSampler(hv, ag.Appliances, cfg.Scaling.PollInterval, d.log)
+	go cpu.Run(ctx)
+	prov := agentapi.New(agentapi.Sources{Agent: ag, Libvirt: hv, Utilisation: cpu, Version: version.Version, StartedAt: time.Now()})
+	ln, err := api.Listen(ctx, cfg.Agent.Socket)
+	if err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	go func() {
+		if err := api.NewServer(prov, api.ServerOptions{Logger: d.log}).Serve(ctx, ln); err != nil {
+			d.log.Error("control API stopped", "error", err)
+		}
+	}()
+	d.metrics = metrics.New(metrics.Sources{Agent: ag, Libvirt: hv, Utilisation: cpu, Version: version.Version})
+	go d.metrics.FollowEvents(ctx, ag)
+	if cfg.Metrics.Listen == "" {
+		return nil
+	}
+	mln, err := metrics.Listen(ctx, cfg.Metrics.Listen)
+	if err != nil {
+		return fmt.Errorf("metrics endpoint: %w", err)
+	}
+	go func() {
+		if err := d.metrics.Serve(ctx, mln, d.log); err != nil {
+			d.log.Error("metrics endpoint stopped", "error", err)
+		}
+	}()
+	d.log.Info("metrics endpoint listening", "address", mln.Addr().String())
+	return nil
 }
 
 func (d *daemon) run(ctx context.Context, cfg *config.Config) error {
@@ -69,6 +106,11 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config) error {
 	ag := agent.New(hv, cfg, agent.Options{Logger: d.log, Heartbeat: d.heartbeat.Beat})
 	runErr := make(chan error, 1)
 	go func() { runErr <- ag.Run(ctx) }()
+	// The control socket and metrics come up before the first resync ends,
+	// so `vsactl status` can say "starting" on a host with many domains.
+	if err := d.serveOperators(ctx, cfg, ag, hv); err != nil {
+		return err
+	}
 
 	d.status("resyncing every domain with libvirt")
 	select {
@@ -113,6 +155,7 @@ func (d *daemon) reload(ag *agent.Agent) {
 	_ = d.notify.Reloading()
 	defer func() { _ = d.notify.Ready() }()
 	cfg, err := config.Load(d.cfgPath)
+	d.metrics.RecordConfigReload(err)
 	if err != nil {
 		var errs config.Errors
 		if errors.As(err, &errs) {

@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,11 +14,17 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vsagent/vsagent/internal/api"
 )
 
 const daemonConfig = `
 [agent]
 gate_timeout = "5s"
+socket = "SOCKET"
+
+[metrics]
+listen = "METRICS"
 
 [[appliance]]
 name = "fw"
@@ -62,7 +71,11 @@ func TestDaemonNotifyReloadAndStop(t *testing.T) {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	cfgPath := filepath.Join(dir, "vsagent.toml")
-	writeFile(t, cfgPath, daemonConfig)
+	ctlSocket := filepath.Join(dir, "vsagent.sock")
+	cfgText := strings.Replace(daemonConfig, "SOCKET", ctlSocket, 1)
+	metricsAddr := freeLoopbackAddr(t)
+	cfgText = strings.Replace(cfgText, "METRICS", metricsAddr, 1)
+	writeFile(t, cfgPath, cfgText)
 	writeFile(t, filepath.Join(dir, "fw.xml"), fwTemplate)
 	node, _ := filepath.Abs("../../agent/testdata/node.xml")
 
@@ -126,8 +139,24 @@ func TestDaemonNotifyReloadAndStop(t *testing.T) {
 	await("watchdog pings", has("WATCHDOG=1"))
 	await("a second watchdog ping", has("WATCHDOG=1"))
 
+	// Operators reach it: the control socket answers, metrics are served.
+	st, err := api.NewClient(ctlSocket).Status(context.Background())
+	if err != nil || !st.Ready || st.Health != api.HealthOK {
+		t.Fatalf("control socket status = %+v, %v", st, err)
+	}
+	waitLog(t, &logs, "metrics endpoint listening")
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "vsagent_build_info") {
+		t.Fatalf("metrics lack vsagent_build_info:\n%s", body)
+	}
+
 	// A valid change is applied.
-	writeFile(t, cfgPath, strings.Replace(daemonConfig, `"web-*"`, `"db-*"`, 1))
+	writeFile(t, cfgPath, strings.Replace(cfgText, `"web-*"`, `"db-*"`, 1))
 	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +165,7 @@ func TestDaemonNotifyReloadAndStop(t *testing.T) {
 	waitLog(t, &logs, "configuration applied")
 
 	// An invalid one is refused with its error, and the daemon keeps going.
-	writeFile(t, cfgPath, daemonConfig+"\nbogus_key = 1\n")
+	writeFile(t, cfgPath, cfgText+"\nbogus_key = 1\n")
 	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
@@ -169,6 +198,18 @@ func waitLog(t *testing.T, logs *syncBuffer, want string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// freeLoopbackAddr picks a loopback port that is free right now; the
+// configuration wants a real port, not :0.
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 func writeFile(t *testing.T, path, content string) {

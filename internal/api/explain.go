@@ -2,7 +2,6 @@ package api
 
 import (
 	"fmt"
-	"path"
 	"slices"
 
 	"github.com/vsagent/vsagent/internal/config"
@@ -38,7 +37,7 @@ func Explain(cfg *config.Config, name, bound string, bindErr error) Explanation 
 
 	for i := range cfg.Policies {
 		p := &cfg.Policies[i]
-		c := Candidate{Policy: p.Name, Position: p.Position.String(), Glob: firstMatchingGlob(p, name)}
+		c := Candidate{Policy: p.Name, Position: p.Position.String(), Glob: p.MatchingGlob(name)}
 		c.Matches = c.Glob != ""
 		if c.Matches && chosen < 0 && e.Matched == MatchedNone {
 			chosen = i
@@ -75,17 +74,6 @@ func Explain(cfg *config.Config, name, bound string, bindErr error) Explanation 
 		})
 	}
 	return e
-}
-
-// firstMatchingGlob mirrors config.Policy.MatchesDomain but says which glob
-// matched, which is the part an operator needs.
-func firstMatchingGlob(p *config.Policy, name string) string {
-	for _, g := range p.Match.Domains {
-		if ok, _ := path.Match(g, name); ok {
-			return g
-		}
-	}
-	return ""
 }
 
 func chainSteps(cfg *config.Config, chain []string) []ChainStep {

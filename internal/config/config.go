@@ -124,13 +124,17 @@ type Policy struct {
 // MatchesDomain reports whether one of the policy's domain globs matches a
 // domain name. A metadata binding takes precedence over globs; that is the
 // caller's concern.
-func (p *Policy) MatchesDomain(name string) bool {
+func (p *Policy) MatchesDomain(name string) bool { return p.MatchingGlob(name) != "" }
+
+// MatchingGlob returns the first of the policy's domain globs that matches
+// name, or "" — which glob matched is what an operator asks "why?" about.
+func (p *Policy) MatchingGlob(name string) string {
 	for _, g := range p.Match.Domains {
 		if ok, _ := path.Match(g, name); ok {
-			return true
+			return g
 		}
 	}
-	return false
+	return ""
 }
 
 // Match is [policy.match].

@@ -2,7 +2,6 @@ package agentapi
 
 import (
 	"context"
-	"encoding/xml"
 	"errors"
 	"fmt"
 	"slices"
@@ -283,7 +282,7 @@ func (p *Provider) Binding(ctx context.Context, uuid string) (policy string, bin
 	if err != nil {
 		return "", nil, libvirtFailure("read the policy binding", err)
 	}
-	policy, bindErr = ParseBinding(raw)
+	policy, bindErr = config.ParseBinding(raw)
 	return policy, bindErr, nil
 }
 
@@ -295,22 +294,4 @@ func libvirtFailure(what string, err error) error {
 		return fmt.Errorf("%w: %s: %w", api.ErrUnavailable, what, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
-}
-
-// ParseBinding reads `<binding policy="NAME"/>` as libvirt returns it (with
-// its namespace declaration, perhaps a prefix). It must agree with the
-// agent's own reading, which is why it is tested against the same inputs.
-func ParseBinding(s string) (string, error) {
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return "", nil
-	}
-	var b struct {
-		XMLName xml.Name `xml:"binding"`
-		Policy  string   `xml:"policy,attr"`
-	}
-	if err := xml.NewDecoder(strings.NewReader(s)).Decode(&b); err != nil {
-		return "", fmt.Errorf("decode policy binding %q: %w", s, err)
-	}
-	return strings.TrimSpace(b.Policy), nil
 }
