@@ -18,7 +18,7 @@ LONGFUZZTIME ?= 5m
 # cpio build the tiny appliance and guest images.
 DEB_PACKAGES := gcc pkg-config libvirt-dev libvirt0 libvirt-daemon \
                 libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
-                qemu-utils iproute2 busybox-static cpio gzip procps \
+                qemu-utils iproute2 iputils-ping busybox-static cpio gzip procps \
                 systemd
 
 MAINS := $(notdir $(wildcard cmd/*))

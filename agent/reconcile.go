@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 
@@ -90,7 +91,15 @@ func (a *Agent) reconcileGuest(ctx context.Context, dom hypervisor.Domain, xmlDo
 			}
 		}
 		a.setGuest(dom, guestStatus{State: GuestUnmanaged, Reason: res.Reason})
-		return a.dropNeeds(ctx, dom.UUID)
+		// The dataplane learns unmanaged guests too: they are destinations
+		// of managed guests' flows, and their replies must be seen.
+		if err := a.dp.Attach(ctx, GuestPlan{UUID: dom.UUID, Name: dom.Name, Domain: xmlDom}); err != nil {
+			return fmt.Errorf("attach dataplane for unmanaged %s: %w", dom.Name, err)
+		}
+		if a.setNeeds(dom.UUID, nil) {
+			a.queue.add(gcKey)
+		}
+		return nil
 	}
 
 	st := guestStatus{State: GuestGated, Reason: res.Reason}
@@ -104,7 +113,7 @@ func (a *Agent) reconcileGuest(ctx context.Context, dom hypervisor.Domain, xmlDo
 
 	if res.Err != nil {
 		// Inspection is asked for but cannot be given: hold the guest.
-		if _, err := a.gateGuest(ctx, dom, gate, gated, st.Policy, []string{"policy"}, log); err != nil {
+		if _, err := a.gateGuest(ctx, dom, xmlDom, gate, gated, res.Policy, []string{"policy"}, log); err != nil {
 			return err
 		}
 		st.LastError = res.Err.Error()
@@ -118,7 +127,7 @@ func (a *Agent) reconcileGuest(ctx context.Context, dom hypervisor.Domain, xmlDo
 		return err
 	}
 	if len(missing) > 0 {
-		gate, err = a.gateGuest(ctx, dom, gate, gated, st.Policy, missing, log)
+		gate, err = a.gateGuest(ctx, dom, xmlDom, gate, gated, res.Policy, missing, log)
 		if err != nil {
 			return err
 		}
@@ -139,8 +148,19 @@ func (a *Agent) reconcileGuest(ctx context.Context, dom hypervisor.Domain, xmlDo
 
 	plan := GuestPlan{UUID: dom.UUID, Name: dom.Name, Policy: res.Policy, Domain: xmlDom, Appliances: ready}
 	if err := a.dp.Attach(ctx, plan); err != nil {
+		if errors.Is(err, hypervisor.ErrPaused) && gated {
+			// Some interfaces can only be rewired on a running guest (libvirt
+			// cannot unplug a NIC from a paused one). The backend has taken
+			// their links down first, so resuming lets no frame through; the
+			// retry finishes the rewiring.
+			log.Info("resuming the gated guest so its interfaces can be rewired; their links are down", "error", err)
+			if rerr := a.releaseGate(ctx, dom, gate, log); rerr != nil {
+				return errors.Join(err, rerr)
+			}
+			return fmt.Errorf("attach dataplane for %s: %w", dom.Name, err)
+		}
 		if !gated {
-			if _, gerr := a.gateGuest(ctx, dom, gate, gated, st.Policy, []string{"dataplane"}, log); gerr != nil {
+			if _, gerr := a.gateGuest(ctx, dom, xmlDom, gate, gated, res.Policy, []string{"dataplane"}, log); gerr != nil {
 				return errors.Join(err, gerr)
 			}
 		}
@@ -163,9 +183,20 @@ func (a *Agent) reconcileGuest(ctx context.Context, dom hypervisor.Domain, xmlDo
 // gateGuest records the gate first and pauses second: if the agent dies in
 // between, the record makes the next agent finish the gate, whereas a pause
 // without a record would look like the operator's own and stay forever.
-func (a *Agent) gateGuest(ctx context.Context, dom hypervisor.Domain, gate gateRecord, gated bool, policy string, waiting []string, log interface {
-	Info(string, ...any)
-}) (gateRecord, error) {
+func (a *Agent) gateGuest(ctx context.Context, dom hypervisor.Domain, xmlDom *libvirtxml.Domain, gate gateRecord, gated bool, pol *config.Policy, waiting []string, log *slog.Logger) (gateRecord, error) {
+	if h, ok := a.dp.(interface {
+		Hold(context.Context, GuestPlan) error
+	}); ok {
+		// Belt and braces: the dataplane drops the guest's frames while it
+		// waits, in case it runs before the pause takes hold.
+		if err := h.Hold(ctx, GuestPlan{UUID: dom.UUID, Name: dom.Name, Policy: pol, Domain: xmlDom}); err != nil {
+			log.Info("cannot hold the guest in the dataplane; relying on the pause", "error", err)
+		}
+	}
+	policy := ""
+	if pol != nil {
+		policy = pol.Name
+	}
 	if !gated {
 		gate = gateRecord{
 			Since:   a.opts.Now().UTC(),
@@ -194,9 +225,7 @@ func (a *Agent) gateGuest(ctx context.Context, dom hypervisor.Domain, gate gateR
 // releaseGate resumes the guest if the gate paused it, then removes the
 // record; in that order, so a crash in between leaves a record that makes
 // the next agent finish the job rather than a paused guest nobody owns.
-func (a *Agent) releaseGate(ctx context.Context, dom hypervisor.Domain, gate gateRecord, log interface {
-	Info(string, ...any)
-}) error {
+func (a *Agent) releaseGate(ctx context.Context, dom hypervisor.Domain, gate gateRecord, log *slog.Logger) error {
 	if gate.Resume {
 		if err := a.hv.Resume(ctx, dom.UUID); err != nil {
 			return fmt.Errorf("resume %s: %w", dom.Name, err)

@@ -177,6 +177,12 @@ const (
 	EventApplianceStarted EventKind = "appliance-started"
 	EventApplianceDeleted EventKind = "appliance-deleted"
 	EventConfigApplied    EventKind = "config-applied"
+	// From the distribution manager:
+	EventDropNotice    EventKind = "drop-notice"    // an appliance dropped a frame and said why
+	EventReturnTimeout EventKind = "return-timeout" // an appliance stopped returning a flow's frames
+	EventGuestBlocked  EventKind = "guest-blocked"  // a guest's new flows are blocked (on_timeout = block)
+	EventFailClosed    EventKind = "fail-closed"    // a guest's frames are dropped: its chain is not ready
+	EventBypass        EventKind = "bypass"         // a chain step was skipped (on_failure = bypass)
 )
 
 // Event is one entry of the agent's event log.

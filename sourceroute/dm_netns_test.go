@@ -3,19 +3,12 @@
 package sourceroute
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
-	"syscall"
 	"testing"
 	"time"
 
@@ -23,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vsagent/vsagent/internal/netnstest"
+	"github.com/vsagent/vsagent/internal/vsafiltertest"
 )
 
 // packetPort is a Port on a real interface through mdlayher/packet: one
@@ -98,111 +92,6 @@ func (p *packetPort) WriteBatch(heads, bodies [][]byte) (int, error) {
 	return len(bodies), nil
 }
 
-// vsafilterCounters is the part of vsafilter's counters line the test reads.
-type vsafilterCounters struct {
-	Type      string `json:"type"`
-	Reason    string `json:"reason"`
-	Appliance struct {
-		Received    uint64 `json:"received"`
-		Forwarded   uint64 `json:"forwarded"`
-		Dropped     uint64 `json:"dropped"`
-		NoticesSent uint64 `json:"notices_sent"`
-	} `json:"appliance"`
-}
-
-type vsafilterRun struct {
-	name   string
-	cmd    *exec.Cmd
-	lines  chan vsafilterCounters
-	stderr bytes.Buffer
-}
-
-// startVsafilterIn runs the vsafilter binary in ns on eth0 with config,
-// and waits for its ready line.
-func startVsafilterIn(t *testing.T, ctx context.Context, ns *netnstest.NS, bin, name, config string) *vsafilterRun {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), name+".toml")
-	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	v := &vsafilterRun{name: name, lines: make(chan vsafilterCounters, 16)}
-	v.cmd = ns.Command(ctx, bin, "-c", path, "-i", "eth0")
-	v.cmd.Stderr = &v.stderr
-	stdout, err := v.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := v.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			var l vsafilterCounters
-			if json.Unmarshal(sc.Bytes(), &l) == nil {
-				v.lines <- l
-			}
-		}
-		close(v.lines)
-	}()
-	t.Cleanup(func() {
-		_ = v.cmd.Process.Signal(syscall.SIGTERM)
-		for range v.lines {
-		}
-		_ = v.cmd.Wait()
-		if t.Failed() {
-			t.Logf("%s stderr:\n%s", name, v.stderr.String())
-		}
-	})
-	if l := v.next(t, "ready"); l.Type != "ready" {
-		t.Fatalf("%s: %+v", name, l)
-	}
-	return v
-}
-
-func (v *vsafilterRun) next(t *testing.T, typ string) vsafilterCounters {
-	t.Helper()
-	deadline := time.After(30 * time.Second)
-	for {
-		select {
-		case l, ok := <-v.lines:
-			if !ok {
-				t.Fatalf("%s exited while waiting for %s", v.name, typ)
-			}
-			if l.Type == typ {
-				return l
-			}
-		case <-deadline:
-			t.Fatalf("%s: no %s line", v.name, typ)
-		}
-	}
-}
-
-func (v *vsafilterRun) counters(t *testing.T) vsafilterCounters {
-	t.Helper()
-	if err := v.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
-		t.Fatal(err)
-	}
-	return v.next(t, "counters")
-}
-
-func buildVsafilterBinary(t *testing.T) string {
-	t.Helper()
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	bin := filepath.Join(t.TempDir(), "vsafilter")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", bin, "../cmd/vsafilter")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build vsafilter: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // TestDMWithVsafiltersInNamespaces runs the engine on real veth links:
 // two guest namespaces connected to the DM's namespace (their host ends
 // are dedicated guest ports), and two vsafilter processes, each in its own
@@ -211,7 +100,7 @@ func buildVsafilterBinary(t *testing.T) string {
 // denies must never arrive, and its drop notice must become an Event.
 func TestDMWithVsafiltersInNamespaces(t *testing.T) {
 	netnstest.RequireRoot(t)
-	bin := buildVsafilterBinary(t)
+	bin := vsafiltertest.Build(t, "..")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -241,8 +130,8 @@ func TestDMWithVsafiltersInNamespaces(t *testing.T) {
 		}
 	}
 
-	ips := startVsafilterIn(t, ctx, ipsNS, bin, "ips", "[output]\nstats_interval = \"0s\"\n[[rule]]\nname = \"deny-discard\"\naction = \"deny\"\nproto = \"udp\"\ndport = 9\n")
-	fw := startVsafilterIn(t, ctx, fwNS, bin, "fw", "[output]\nstats_interval = \"0s\"\n")
+	ips := vsafiltertest.Start(t, ctx, ipsNS, bin, "ips", "eth0", "[output]\nstats_interval = \"0s\"\n[[rule]]\nname = \"deny-discard\"\naction = \"deny\"\nproto = \"udp\"\ndport = 9\n")
+	fw := vsafiltertest.Start(t, ctx, fwNS, bin, "fw", "eth0", "[output]\nstats_interval = \"0s\"\n")
 
 	events := make(chan Event, 64)
 	e, err := NewEngine(Config{Self: dmSelf, ReturnTimeout: 10 * time.Second,
@@ -335,7 +224,7 @@ func TestDMWithVsafiltersInNamespaces(t *testing.T) {
 	}
 	for receive(300*time.Millisecond) != nil {
 	}
-	ips0, fw0 := ips.counters(t), fw.counters(t)
+	ips0, fw0 := ips.Counters(t), fw.Counters(t)
 
 	const n = 20
 	for i := range n {
@@ -346,7 +235,7 @@ func TestDMWithVsafiltersInNamespaces(t *testing.T) {
 			t.Fatalf("datagram %d arrived as %x, want %x", i, got, want)
 		}
 	}
-	ips1, fw1 := ips.counters(t), fw.counters(t)
+	ips1, fw1 := ips.Counters(t), fw.Counters(t)
 	if d := ips1.Appliance.Forwarded - ips0.Appliance.Forwarded; d != n {
 		t.Errorf("ips forwarded %d, want %d", d, n)
 	}
@@ -380,7 +269,7 @@ func TestDMWithVsafiltersInNamespaces(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no drop notice event")
 	}
-	ips2 := ips.counters(t)
+	ips2 := ips.Counters(t)
 	if d := ips2.Appliance.NoticesSent - ips1.Appliance.NoticesSent; d != 1 {
 		t.Errorf("ips sent %d notices, want 1", d)
 	}

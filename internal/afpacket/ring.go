@@ -131,6 +131,7 @@ func (w *blockWalker) next() ([]byte, verdict) {
 	}
 	if status&statusCsumNotReady != 0 {
 		w.checksumPartial++
+		completeChecksum(w.b[start:stop])
 	}
 	return w.b[start:stop:stop], verdictFrame
 }

@@ -75,7 +75,7 @@ type Stats struct {
 
 	// Frames ReadBatch handed out that need a caller's attention.
 	VLANRestored    uint64 // the kernel had lifted the 802.1Q/802.1ad tag out of the frame; ReadBatch put it back
-	ChecksumPartial uint64 // the sender left the L4 checksum to offload (TP_STATUS_CSUMNOTREADY): sent on as is, the frame carries an incomplete checksum
+	ChecksumPartial uint64 // the sender left the L4 checksum to offload (TP_STATUS_CSUMNOTREADY); TCP and UDP checksums of such frames are completed in the ring
 
 	Sent       uint64 // frames WriteBatch sent
 	Rejected   uint64 // frames WriteBatch could not send (see RejectedError)

@@ -237,8 +237,11 @@ type End struct {
 func Veth(t testing.TB, a, b End) {
 	t.Helper()
 	v := &netlink.Veth{
-		LinkAttrs: netlink.LinkAttrs{Name: a.Name, MTU: a.MTU, HardwareAddr: a.MAC},
-		PeerName:  b.Name, PeerHardwareAddr: b.MAC, PeerTxQLen: -1,
+		// Both ends get the queue length a tap or a NIC has: the kernel
+		// raises a zero one to 1000 as soon as any qdisc is attached, which
+		// would make before/after comparisons of a link differ.
+		LinkAttrs: netlink.LinkAttrs{Name: a.Name, MTU: a.MTU, HardwareAddr: a.MAC, TxQLen: 1000},
+		PeerName:  b.Name, PeerHardwareAddr: b.MAC, PeerTxQLen: 1000,
 		PeerNamespace: netlink.NsFd(int(b.NS.handle)),
 	}
 	if b.MTU > 0 {

@@ -1,0 +1,76 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/vsagent/vsagent/internal/afpacket"
+	"github.com/vsagent/vsagent/internal/netnsutil"
+	"github.com/vsagent/vsagent/sourceroute"
+)
+
+// DMPortNames returns the two ends of the DM's intercept link: the backend
+// redirects guests' frames out of the first, and the engine reads them on
+// the second, where they arrive as received frames.
+func DMPortNames(port string) (redirectTo, readOn string) {
+	peer := port + "-in"
+	if len(peer) > 15 {
+		peer = port[:12] + "-in"
+	}
+	return port, peer
+}
+
+// EnsureDMPort creates the DM's intercept link (a veth pair) in the network
+// namespace at netnsPath ("" for the current one) unless it exists, and
+// brings both ends up. Neither end has an address, and IPv6 is off on both,
+// so the host stack never answers or originates frames there.
+func EnsureDMPort(netnsPath, port string) (redirectTo, readOn string, err error) {
+	redirectTo, readOn = DMPortNames(port)
+	err = netnsutil.Do(netnsPath, func() error {
+		if _, err := netlink.LinkByName(redirectTo); err != nil {
+			var notFound netlink.LinkNotFoundError
+			if !errors.As(err, &notFound) {
+				return fmt.Errorf("look up %s: %w", redirectTo, err)
+			}
+			veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: redirectTo, MTU: 9000}, PeerName: readOn}
+			if err := netlink.LinkAdd(veth); err != nil {
+				return fmt.Errorf("create DM link %s/%s: %w", redirectTo, readOn, err)
+			}
+		}
+		for _, name := range []string{redirectTo, readOn} {
+			_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0)
+			l, err := netlink.LinkByName(name)
+			if err != nil {
+				return fmt.Errorf("look up %s: %w", name, err)
+			}
+			if err := netlink.LinkSetUp(l); err != nil {
+				return fmt.Errorf("bring %s up: %w", name, err)
+			}
+		}
+		return nil
+	})
+	return redirectTo, readOn, err
+}
+
+// PacketPorts returns port openers backed by AF_PACKET rings, opened in the
+// network namespace at netnsPath ("" for the current one).
+func PacketPorts(netnsPath string) (open, openTx sourceroute.PortOpener) {
+	opener := func(txOnly bool) sourceroute.PortOpener {
+		return func(name string) (sourceroute.Port, error) {
+			var s *afpacket.Socket
+			err := netnsutil.Do(netnsPath, func() error {
+				var err error
+				s, err = afpacket.Open(afpacket.Config{Iface: name, TxOnly: txOnly})
+				return err
+			})
+			if err != nil {
+				return nil, err
+			}
+			return s, nil
+		}
+	}
+	return opener(false), opener(true)
+}
