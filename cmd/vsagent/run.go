@@ -15,11 +15,13 @@ import (
 
 	"github.com/vsagent/vsagent/agent"
 	"github.com/vsagent/vsagent/hypervisor"
+	"github.com/vsagent/vsagent/intercept"
 	"github.com/vsagent/vsagent/internal/api"
 	"github.com/vsagent/vsagent/internal/api/agentapi"
 	"github.com/vsagent/vsagent/internal/config"
 	"github.com/vsagent/vsagent/internal/metrics"
 	"github.com/vsagent/vsagent/internal/version"
+	"github.com/vsagent/vsagent/sourceroute"
 	"github.com/vsagent/vsagent/systemd"
 )
 
@@ -57,6 +59,40 @@ type daemon struct {
 	notify    *systemd.Notifier
 	heartbeat systemd.Heartbeat
 	metrics   *metrics.Metrics
+}
+
+// startDataplane creates the distribution manager's intercept link, the
+// configured intercept backend and the forwarding engine, and runs the
+// engine until ctx ends.
+func (d *daemon) startDataplane(ctx context.Context, cfg *config.Config, hv *hypervisor.Conn, onEvent func(sourceroute.Event)) (*agent.DistributionManager, error) {
+	hostID, err := hv.HostUUID(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("host UUID for the dataplane: %w", err)
+	}
+	redirectTo, readOn, err := agent.EnsureDMPort("", cfg.Dataplane.Port)
+	if err != nil {
+		return nil, fmt.Errorf("dataplane: %w", err)
+	}
+	backend, err := intercept.New(cfg.Intercept.Backend, intercept.Deps{Logger: d.log, Domains: hv})
+	if err != nil {
+		return nil, fmt.Errorf("intercept backend %q: %w", cfg.Intercept.Backend, err)
+	}
+	open, openTx := agent.PacketPorts("")
+	dm, err := agent.NewDistributionManager(agent.DMConfig{
+		Config: cfg, HostID: hostID, Backend: backend, Domains: hv,
+		RedirectPort: redirectTo, InterceptPort: readOn, Open: open, OpenTx: openTx,
+		Logger: d.log, OnEvent: onEvent,
+	})
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		if err := dm.Run(ctx); err != nil {
+			d.log.Error("distribution manager stopped", "error", err)
+		}
+	}()
+	d.log.Info("distribution manager running", "intercept_port", readOn, "backend", backend.Name())
+	return dm, nil
 }
 
 // serveOperators starts the root-only control socket (vsactl) and, when
@@ -103,7 +139,12 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config) error {
 	}
 	defer hv.Close()
 
-	ag := agent.New(hv, cfg, agent.Options{Logger: d.log, Heartbeat: d.heartbeat.Beat})
+	var ag *agent.Agent
+	dm, err := d.startDataplane(ctx, cfg, hv, func(e sourceroute.Event) { ag.RecordDataplaneEvent(e) })
+	if err != nil {
+		return err
+	}
+	ag = agent.New(hv, cfg, agent.Options{Logger: d.log, Heartbeat: d.heartbeat.Beat, Dataplane: dm})
 	runErr := make(chan error, 1)
 	go func() { runErr <- ag.Run(ctx) }()
 	// The control socket and metrics come up before the first resync ends,

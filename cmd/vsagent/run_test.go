@@ -5,7 +5,6 @@ import (
 	"context"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vsagent/vsagent/internal/api"
+	"github.com/vsagent/vsagent/internal/netnstest"
 )
 
 const daemonConfig = `
@@ -98,7 +98,11 @@ func TestDaemonNotifyReloadAndStop(t *testing.T) {
 		}
 	}()
 
-	cmd := exec.Command(bin, "run", "-c", cfgPath, "-libvirt-uri", "test://"+node)
+	// The daemon creates the distribution manager's link: it runs in a
+	// network namespace of the test's own.
+	netnstest.RequireRoot(t)
+	ns := netnstest.New(t)
+	cmd := exec.Command("ip", "netns", "exec", ns.Name(), bin, "run", "-c", cfgPath, "-libvirt-uri", "test://"+node)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sockPath, "WATCHDOG_USEC=400000")
 	var logs syncBuffer
 	cmd.Stderr = &logs
@@ -145,12 +149,23 @@ func TestDaemonNotifyReloadAndStop(t *testing.T) {
 		t.Fatalf("control socket status = %+v, %v", st, err)
 	}
 	waitLog(t, &logs, "metrics endpoint listening")
-	resp, err := http.Get("http://" + metricsAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	// The endpoint listens on the namespace's loopback: dial from there.
+	var body []byte
+	if err := ns.Do(func() error {
+		c, err := net.DialTimeout("tcp", metricsAddr, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "GET /metrics HTTP/1.0\r\nHost: vsagent\r\n\r\n"); err != nil {
+			return err
+		}
+		body, err = io.ReadAll(c)
+		return err
+	}); err != nil {
+		t.Fatalf("scrape metrics: %v", err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
 	if !strings.Contains(string(body), "vsagent_build_info") {
 		t.Fatalf("metrics lack vsagent_build_info:\n%s", body)
 	}
