@@ -72,6 +72,9 @@ type dmGuest struct {
 	appliances  map[string][]Instance
 	links       map[string][]string // instance name → links
 	intercepted bool
+	// checked: whether a diversion left by an earlier run of the agent
+	// was looked for; one that no longer belongs is reverted.
+	checked bool
 }
 
 // NewDistributionManager builds the engine from the configuration.
@@ -146,6 +149,7 @@ func (d *DistributionManager) Attach(ctx context.Context, g GuestPlan) error {
 	d.guests[g.UUID] = &dmGuest{
 		name: g.Name, policy: g.Policy, ifaces: ifaces, appliances: g.Appliances, links: links,
 		intercepted: d.guests[g.UUID] != nil && d.guests[g.UUID].intercepted,
+		checked:     d.guests[g.UUID] != nil && d.guests[g.UUID].checked,
 	}
 	return d.syncLocked(ctx)
 }
@@ -160,6 +164,7 @@ func (d *DistributionManager) Hold(ctx context.Context, g GuestPlan) error {
 	d.guests[g.UUID] = &dmGuest{
 		name: g.Name, held: true, policy: g.Policy, ifaces: intercept.InterfacesOf(g.Domain),
 		intercepted: prev != nil && prev.intercepted,
+		checked:     prev != nil && prev.checked,
 	}
 	return d.syncLocked(ctx)
 }
@@ -203,6 +208,18 @@ func (d *DistributionManager) syncLocked(ctx context.Context) error {
 	var errs []error
 	for _, g := range d.guests {
 		want := g.policy != nil || g.held || slices.ContainsFunc(g.ifaces, func(i intercept.Iface) bool { return managedNets[i.Source] })
+		if !g.checked {
+			// After a restart the kernel may still hold diversions from the
+			// previous run: adopt them, or revert those no longer wanted.
+			applied, err := d.anyApplied(ctx, g)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			// A guest that must be diverted is applied again regardless
+			// (idempotent), which also completes a half-done diversion.
+			g.checked, g.intercepted = true, applied && !want
+		}
 		switch {
 		case want && !g.intercepted:
 			err := d.apply(ctx, g)
@@ -232,6 +249,19 @@ func (d *DistributionManager) apply(ctx context.Context, g *dmGuest) error {
 	}
 	d.log.Info("guest interfaces diverted to the distribution manager", "guest", g.name, "interfaces", len(g.ifaces), "backend", d.cfg.Backend.Name())
 	return nil
+}
+
+func (d *DistributionManager) anyApplied(ctx context.Context, g *dmGuest) (bool, error) {
+	for _, ifc := range g.ifaces {
+		ok, err := d.cfg.Backend.Applied(ctx, ifc, d.cfg.RedirectPort)
+		if err != nil {
+			return false, fmt.Errorf("inspect diversion of %s of %s: %w", ifc.Target, g.name, err)
+		}
+		if ok {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 func (d *DistributionManager) revert(ctx context.Context, g *dmGuest) error {

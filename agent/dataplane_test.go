@@ -99,9 +99,10 @@ func (l *dpLab) addGuest(t *testing.T, name, br, ip string, n byte) *dpGuest {
 	return g
 }
 
-func (l *dpLab) start(t *testing.T, cfgText string) {
+// start runs the agent and its distribution manager; the returned function
+// stops both (as a daemon's exit would: diversions stay in place).
+func (l *dpLab) start(t *testing.T, cfgText string) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
 	cfg := l.config(cfgText)
 	redirectTo, readOn, err := EnsureDMPort(l.hostPath, "vsa-dm0")
 	if err != nil {
@@ -126,19 +127,26 @@ func (l *dpLab) start(t *testing.T, cfgText string) {
 	}
 	dmDone := make(chan error, 1)
 	go func() { dmDone <- l.dm.Run(ctx) }()
-	t.Cleanup(func() {
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		l.stop()
 		cancel()
 		if err := <-dmDone; err != nil {
 			t.Errorf("distribution manager: %v", err)
 		}
-	})
+	}
+	t.Cleanup(stop)
 	l.agent = New(l.hv, cfg, Options{Logger: quietLogger(), Dataplane: l.dm, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	ag = l.agent
 	runCtx, stop := context.WithCancel(ctx)
 	l.cancel, l.done = stop, make(chan error, 1)
 	go func() { l.done <- l.agent.Run(runCtx) }()
-	t.Cleanup(l.stop)
 	<-l.agent.Ready()
+	return stop
 }
 
 // defineGuest defines and starts the test-driver domain of a lab guest.
@@ -284,6 +292,9 @@ func TestDataplaneChainInNamespaces(t *testing.T) {
 	if diff := cmp.Diff(want, receiveAll(rx, len(want), 10*time.Second)); diff != "" {
 		t.Fatalf("datagrams at web-2 (-sent +received):\n%s\nDM counters: %+v", diff, l.dm.Engine().Counters())
 	}
+	if flows := l.dm.Engine().Flows("web-1"); len(flows) == 0 || !slices.Equal(flows[0].Forward, []string{"vsa-ips-1", "vsa-fw-1"}) {
+		t.Errorf("web-1's flows in the DM: %+v, want the first through vsa-ips-1 then vsa-fw-1", flows)
+	}
 	ipsFwd, fwFwd := vsa["ips"].Counters(t).Appliance.Forwarded, vsa["fw"].Counters(t).Appliance.Forwarded
 	if ipsFwd < 20 || fwFwd < 20 {
 		t.Errorf("appliances forwarded ips=%d fw=%d, want at least the 20 datagrams each", ipsFwd, fwFwd)
@@ -377,7 +388,10 @@ func TestDataplaneChainInNamespaces(t *testing.T) {
 		}
 	}
 
-	// A silent appliance: frames stop coming back, the timeout is reported.
+	// A silent appliance: frames stop coming back, the timeout is reported,
+	// and with on_timeout = block the sender may start no new flow.
+	l.agent.SetConfig(l.config(strings.Replace(dataplaneConfig, `chain = ["ips", "fw"]`, "chain = [\"ips\", \"fw\"]\non_timeout = \"block\"\nblock_for = \"30s\"", 1)))
+	l.eventually("reload applied", l.agent.Settled)
 	if err := vsa["fw"].Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -387,7 +401,8 @@ func TestDataplaneChainInNamespaces(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	l.eventually("return timeout blamed on fw", func() bool { return l.hasEvent(EventReturnTimeout, "") })
+	l.eventually("return timeout blamed on fw", func() bool { return l.hasEvent(EventReturnTimeout, "vsa-fw-1") })
+	l.eventually("web-1 blocked", func() bool { return l.hasEvent(EventGuestBlocked, "") })
 	if err := vsa["fw"].Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
@@ -445,5 +460,53 @@ func TestDataplaneHoldsGuestWhoseChainIsNotReady(t *testing.T) {
 	c := l.dm.Engine().Counters()
 	if c.Drops["chain_not_ready"] == 0 {
 		t.Errorf("no chain_not_ready drops counted: %v", c.Drops)
+	}
+}
+
+func TestDataplaneRestartAdoptsAndCleansDiversions(t *testing.T) {
+	l := newDPLab(t)
+	l.host.AddBridge(t, "br0")
+	l.addGuest(t, "web-1", "br0", "10.9.0.1", 1)
+	l.addGuest(t, "web-2", "br0", "10.9.0.2", 2)
+	ctx := context.Background()
+	dump := func(name string) intercept.LinkDump {
+		d, err := intercept.DumpLink(ctx, l.hostPath, l.guests[name].tap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	before1, before2 := dump("web-1"), dump("web-2")
+	stop := l.start(t, dataplaneConfig)
+	l.defineGuest(t, "web-1", "br0")
+	l.defineGuest(t, "web-2", "br0")
+	l.eventually("both inspected", func() bool {
+		return l.guestState("web-1") == GuestInspected && l.guestState("web-2") == GuestInspected
+	})
+	diverted := dump("web-1")
+	if cmp.Equal(before1, diverted) {
+		t.Fatal("web-1's tap shows no diversion while inspected")
+	}
+
+	// A restart with the same configuration adopts the diversions as they are.
+	stop()
+	stop = l.start(t, dataplaneConfig)
+	l.eventually("resynced", func() bool { return l.guestState("web-1") == GuestInspected && l.agent.Settled() })
+	if diff := cmp.Diff(diverted, dump("web-1")); diff != "" {
+		t.Errorf("web-1's diversion changed across a restart (-before +after):\n%s", diff)
+	}
+
+	// While the agent was down, the policy went: the next start finds the
+	// diversions of the previous run and reverts them.
+	stop()
+	l.start(t, strings.Replace(dataplaneConfig, `domains = ["web-*"]`, `domains = ["db-*"]`, 1))
+	l.eventually("resynced", func() bool {
+		return l.guestState("web-1") == GuestUnmanaged && l.guestState("web-2") == GuestUnmanaged && l.agent.Settled()
+	})
+	if diff := cmp.Diff(before1, dump("web-1")); diff != "" {
+		t.Errorf("stale diversion of web-1 survived (-original +now):\n%s", diff)
+	}
+	if diff := cmp.Diff(before2, dump("web-2")); diff != "" {
+		t.Errorf("stale diversion of web-2 survived (-original +now):\n%s", diff)
 	}
 }

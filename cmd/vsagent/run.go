@@ -97,10 +97,10 @@ func (d *daemon) startDataplane(ctx context.Context, cfg *config.Config, hv *hyp
 
 // serveOperators starts the root-only control socket (vsactl) and, when
 // configured, the Prometheus endpoint.
-func (d *daemon) serveOperators(ctx context.Context, cfg *config.Config, ag *agent.Agent, hv *hypervisor.Conn) error {
+func (d *daemon) serveOperators(ctx context.Context, cfg *config.Config, ag *agent.Agent, hv *hypervisor.Conn, dp dataplaneOps) error {
 	cpu := agentapi.NewCPUSampler(hv, ag.Appliances, cfg.Scaling.PollInterval, d.log)
 	go cpu.Run(ctx)
-	prov := agentapi.New(agentapi.Sources{Agent: ag, Libvirt: hv, Utilisation: cpu, Version: version.Version, StartedAt: time.Now()})
+	prov := agentapi.New(agentapi.Sources{Agent: ag, Libvirt: hv, Flows: dp, Utilisation: cpu, Version: version.Version, StartedAt: time.Now()})
 	ln, err := api.Listen(ctx, cfg.Agent.Socket)
 	if err != nil {
 		return fmt.Errorf("control socket: %w", err)
@@ -110,7 +110,7 @@ func (d *daemon) serveOperators(ctx context.Context, cfg *config.Config, ag *age
 			d.log.Error("control API stopped", "error", err)
 		}
 	}()
-	d.metrics = metrics.New(metrics.Sources{Agent: ag, Libvirt: hv, Utilisation: cpu, Version: version.Version})
+	d.metrics = metrics.New(metrics.Sources{Agent: ag, Libvirt: hv, Dataplane: dp, Utilisation: cpu, Version: version.Version})
 	go d.metrics.FollowEvents(ctx, ag)
 	if cfg.Metrics.Listen == "" {
 		return nil
@@ -149,7 +149,7 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config) error {
 	go func() { runErr <- ag.Run(ctx) }()
 	// The control socket and metrics come up before the first resync ends,
 	// so `vsactl status` can say "starting" on a host with many domains.
-	if err := d.serveOperators(ctx, cfg, ag, hv); err != nil {
+	if err := d.serveOperators(ctx, cfg, ag, hv, dataplaneOps{dm.Engine()}); err != nil {
 		return err
 	}
 

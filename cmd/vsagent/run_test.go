@@ -166,8 +166,10 @@ func TestDaemonNotifyReloadAndStop(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("scrape metrics: %v", err)
 	}
-	if !strings.Contains(string(body), "vsagent_build_info") {
-		t.Fatalf("metrics lack vsagent_build_info:\n%s", body)
+	for _, want := range []string{"vsagent_build_info", "vsagent_dataplane_up 1", "vsagent_dataplane_flow_capacity 1e+06"} {
+		if !strings.Contains(string(body), want) {
+			t.Fatalf("metrics lack %q:\n%s", want, body)
+		}
 	}
 
 	// A valid change is applied.
