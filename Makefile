@@ -42,9 +42,13 @@ deps:
 	@getent passwd libvirt-qemu >/dev/null || useradd -r -g libvirt-qemu -s /usr/sbin/nologin libvirt-qemu 2>/dev/null || true
 	@$(GO) mod download
 
+# STATIC_MAINS run inside appliance VMs or on hosts without libvirt: no cgo.
+STATIC_MAINS := vsafilter vsactl
+
 build: deps
 	@mkdir -p $(BIN)
-	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ $(addprefix ./cmd/,$(MAINS))
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ $(addprefix ./cmd/,$(filter-out $(STATIC_MAINS),$(MAINS)))
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ $(addprefix ./cmd/,$(filter $(STATIC_MAINS),$(MAINS)))
 
 vet: deps
 	$(GO) vet ./...
