@@ -32,7 +32,19 @@ type Agent struct {
 	StateDir       string        // state_dir
 	Socket         string        // socket: the control API's unix socket
 	LogLevel       string        // log_level: debug|info|warn|error
+	// HookFailure is what the libvirt qemu hook does when the agent does
+	// not answer in time for a guest whose policy needs inspection:
+	// "closed" refuses the start or migration, "open" lets it proceed.
+	HookFailure string // hook_failure: closed|open
 }
+
+// HookSocket is where the agent answers libvirt's qemu hook: next to the
+// control socket but separate, so that a hook's short deadline never waits
+// behind an operator's request.
+func (a Agent) HookSocket() string { return a.Socket + hookSocketSuffix }
+
+const hookSocketSuffix = ".hook"
+
 
 // Dataplane is the [dataplane] table: the distribution manager. There is
 // deliberately no fail-open switch: the DM always fails closed.
@@ -181,6 +193,7 @@ func defaults() *Config {
 			StateDir:       "/var/lib/vsagent",
 			Socket:         "/run/vsagent/vsagent.sock",
 			LogLevel:       "info",
+			HookFailure:    "closed",
 		},
 		Dataplane: Dataplane{
 			EtherType:       0x88B5,

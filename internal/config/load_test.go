@@ -36,7 +36,7 @@ func TestLoadExample(t *testing.T) {
 	want := &Config{
 		Agent: Agent{
 			LibvirtURI: "qemu:///system", GateTimeout: 2 * time.Minute, ResyncInterval: 5 * time.Minute,
-			StateDir: "/var/lib/vsagent", Socket: "/run/vsagent/vsagent.sock", LogLevel: "info",
+			StateDir: "/var/lib/vsagent", Socket: "/run/vsagent/vsagent.sock", LogLevel: "info", HookFailure: "closed",
 		},
 		Dataplane: Dataplane{
 			EtherType: 0x88B5, MaxHops: 16, ReturnTimeout: 250 * time.Millisecond, FlowIdleTimeout: time.Minute,
@@ -137,7 +137,7 @@ func TestDefaults(t *testing.T) {
 	want := &Config{
 		Agent: Agent{
 			LibvirtURI: "qemu:///system", GateTimeout: 2 * time.Minute, ResyncInterval: 5 * time.Minute,
-			StateDir: "/var/lib/vsagent", Socket: "/run/vsagent/vsagent.sock", LogLevel: "info",
+			StateDir: "/var/lib/vsagent", Socket: "/run/vsagent/vsagent.sock", LogLevel: "info", HookFailure: "closed",
 		},
 		Dataplane: Dataplane{
 			EtherType: 0x88B5, MaxHops: 16, ReturnTimeout: 250 * time.Millisecond, FlowIdleTimeout: 60 * time.Second,

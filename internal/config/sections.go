@@ -37,11 +37,13 @@ func (l *loader) agent(t *table) {
 		switch {
 		case !filepath.IsAbs(a.Socket):
 			t.errorf("socket", "%q is not an absolute path", a.Socket)
-		case len(a.Socket) > maxSocketPath:
-			t.errorf("socket", "path is %d bytes long; a unix socket path may have at most %d", len(a.Socket), maxSocketPath)
+		case len(a.Socket) > maxSocketPath-len(hookSocketSuffix):
+			t.errorf("socket", "path is %d bytes long; a unix socket path may have at most %d, and the hook socket adds %q",
+				len(a.Socket), maxSocketPath, hookSocketSuffix)
 		}
 	}
 	t.oneOf("log_level", &a.LogLevel, "debug", "info", "warn", "error")
+	t.oneOf("hook_failure", &a.HookFailure, "closed", "open")
 	t.finish()
 }
 
