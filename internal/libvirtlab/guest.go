@@ -1,6 +1,7 @@
 package libvirtlab
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -16,8 +17,9 @@ const GuestReady = "libvirtlab-guest: ready"
 // GuestModules order, configures ethN from the kernel command line
 // (guestip=ADDR/LEN for eth0, guestipN=ADDR/LEN for ethN, guestgw=ADDR,
 // guestname=NAME), starts an HTTP server on port 80 that answers with the
-// guest's name and a TCP echo server on port 7, prints GuestReady and idles;
-// as PID 1 it must never exit.
+// guest's name and a TCP echo server on port 7, prints GuestReady, runs the
+// script of guestrun=BASE64 (see GuestRun) in the background with its
+// output on the console, and idles; as PID 1 it must never exit.
 var GuestInit = `#!/bin/sh
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
@@ -29,12 +31,14 @@ done
 ip link set lo up
 : > /tmp/addrs
 gw=
+run=
 for arg in $(cat /proc/cmdline); do
 	case "$arg" in
 	guestip=*) echo "0 ${arg#*=}" >> /tmp/addrs ;;
 	guestip[0-9]*=*) n=${arg%%=*}; echo "${n#guestip} ${arg#*=}" >> /tmp/addrs ;;
 	guestgw=*) gw=${arg#*=} ;;
 	guestname=*) hostname "${arg#*=}" ;;
+	guestrun=*) run=${arg#*=} ;;
 	esac
 done
 # The responders listen before any address exists, so a guest that answers
@@ -51,6 +55,7 @@ while read n addr; do ip addr add "$addr" dev "eth$n"; done < /tmp/addrs
 if [ -n "$gw" ]; then ip route add default via "$gw"; fi
 ip -o addr show
 echo "` + GuestReady + `"
+if [ -n "$run" ]; then echo "$run" | base64 -d > /tmp/run.sh && sh /tmp/run.sh & fi
 while :; do sleep 3600; done
 `
 
@@ -73,7 +78,8 @@ type GuestOptions struct {
 // GuestInterface is one NIC of a test guest; the Nth becomes ethN inside.
 type GuestInterface struct {
 	// Type is "ethernet" (default: a tap named Target in libvirtd's network
-	// namespace) or "direct" (a macvtap on Source in Mode, default "bridge").
+	// namespace), "direct" (a macvtap on Source in Mode, default "bridge")
+	// or "bridge" (a tap that libvirt enslaves to the bridge Source).
 	Type   string
 	Target string
 	Source string
@@ -178,8 +184,22 @@ func guestInterface(nic GuestInterface) (libvirtxml.DomainInterface, error) {
 			mode = "bridge"
 		}
 		iface.Source = &libvirtxml.DomainInterfaceSource{Direct: &libvirtxml.DomainInterfaceSourceDirect{Dev: nic.Source, Mode: mode}}
+	case "bridge":
+		if nic.Source == "" {
+			return iface, fmt.Errorf("bridge interface needs a source bridge")
+		}
+		iface.Source = &libvirtxml.DomainInterfaceSource{Bridge: &libvirtxml.DomainInterfaceSourceBridge{Bridge: nic.Source}}
 	default:
 		return iface, fmt.Errorf("unsupported interface type %q", nic.Type)
 	}
 	return iface, nil
+}
+
+// GuestRun returns the kernel command line parameter (for
+// GuestOptions.Cmdline) that makes the guest run script with busybox sh
+// once it is ready, so that a guest can start traffic by itself. The script
+// travels base64-encoded because the command line splits on spaces; the
+// whole command line must stay under the kernel's 2047 bytes.
+func GuestRun(script string) string {
+	return "guestrun=" + base64.StdEncoding.EncodeToString([]byte(script))
 }
