@@ -288,10 +288,16 @@ func (a *Agent) ensureRunning(ctx context.Context, app *config.Appliance, names 
 		a.recordEvent(Event{Kind: EventApplianceStarted, Appliance: stopped.Name})
 		return nil
 	}
+	_, err := a.defineAndStart(ctx, app, names, log)
+	return err
+}
 
+// defineAndStart builds a new instance of app from its template with the
+// lowest free index, defines and starts it, and returns its name.
+func (a *Agent) defineAndStart(ctx context.Context, app *config.Appliance, names map[string]bool, log *slog.Logger) (string, error) {
 	tmpl, err := a.templates.get(app)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrProvision, err)
+		return "", fmt.Errorf("%w: %w", ErrProvision, err)
 	}
 	index := 1
 	for names[appliance.InstanceName(app.Name, index)] {
@@ -299,7 +305,7 @@ func (a *Agent) ensureRunning(ctx context.Context, app *config.Appliance, names 
 	}
 	used, err := a.macsInUse(ctx)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrProvision, err)
+		return "", fmt.Errorf("%w: %w", ErrProvision, err)
 	}
 	spec := appliance.Spec{
 		Appliance:    app.Name,
@@ -313,11 +319,11 @@ func (a *Agent) ensureRunning(ctx context.Context, app *config.Appliance, names 
 	}
 	inst, macs, err := appliance.NewInstance(tmpl, spec, used)
 	if err != nil {
-		return fmt.Errorf("%w: build instance of %q: %w", ErrProvision, app.Name, err)
+		return "", fmt.Errorf("%w: build instance of %q: %w", ErrProvision, app.Name, err)
 	}
 	def, err := a.hv.Define(ctx, inst)
 	if err != nil {
-		return fmt.Errorf("%w: define %s: %w", ErrProvision, inst.Name, err)
+		return "", fmt.Errorf("%w: define %s: %w", ErrProvision, inst.Name, err)
 	}
 	owner, _ := appliance.OwnerOf(inst)
 	a.owned.remember(def.UUID, owner, def.Name)
@@ -326,12 +332,12 @@ func (a *Agent) ensureRunning(ctx context.Context, app *config.Appliance, names 
 	log.Info("appliance defined from template", "appliance", app.Name, "domain", def.Name, "template", app.TemplatePath)
 	a.recordEvent(Event{Kind: EventApplianceDefined, Appliance: def.Name})
 	if err := a.hv.Start(ctx, def.UUID); err != nil {
-		return fmt.Errorf("%w: start %s: %w", ErrProvision, def.Name, err)
+		return "", fmt.Errorf("%w: start %s: %w", ErrProvision, def.Name, err)
 	}
 	a.owned.setDetails(def.UUID, nil, hypervisor.StateRunning)
 	log.Info("appliance started", "appliance", app.Name, "domain", def.Name)
 	a.recordEvent(Event{Kind: EventApplianceStarted, Appliance: def.Name})
-	return nil
+	return def.Name, nil
 }
 
 // reconcileAppliance keeps the cache current and wakes whoever depends on

@@ -58,8 +58,9 @@ type DistributionManager struct {
 	engine *sourceroute.Engine
 	log    *slog.Logger
 
-	mu     sync.Mutex
-	guests map[string]*dmGuest // by UUID
+	mu       sync.Mutex
+	guests   map[string]*dmGuest // by UUID
+	draining map[string]bool     // appliance instances' UUIDs; see SetDraining
 }
 
 type dmGuest struct {
@@ -300,7 +301,7 @@ func (d *DistributionManager) snapshotLocked() sourceroute.Snapshot {
 				if err != nil {
 					continue
 				}
-				ar := sourceroute.ApplianceRule{Appliance: app, Instance: inst.Name, MAC: macOf(hw), Healthy: true}
+				ar := sourceroute.ApplianceRule{Appliance: app, Instance: inst.Name, MAC: macOf(hw), Healthy: true, Draining: d.draining[inst.UUID]}
 				if l := g.links[inst.Name]; len(l) > 0 {
 					ar.Port = l[0]
 					if len(l) > 1 {

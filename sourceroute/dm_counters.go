@@ -272,6 +272,20 @@ func (e *Engine) Counters() Counters {
 	return out
 }
 
+// InstanceFlows returns how many flows are pinned to each appliance
+// instance now, by instance name: what draining an instance waits to see
+// reach zero. A flow counts until its idle entry is reclaimed.
+func (e *Engine) InstanceFlows() map[string]int64 {
+	e.updateMu.Lock()
+	defer e.updateMu.Unlock()
+	st := e.state.Load()
+	out := make(map[string]int64, len(st.instByMAC))
+	for _, inst := range st.instByMAC {
+		out[inst.name] = inst.flows.Load()
+	}
+	return out
+}
+
 func putNonZero(m map[string]uint64, values []uint64, name func(int) string) {
 	for i, v := range values {
 		if v > 0 {

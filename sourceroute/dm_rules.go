@@ -107,6 +107,9 @@ type ApplianceRule struct {
 	// Healthy false takes the instance out of new flows' choices and moves
 	// the flows pinned to it to a healthy twin.
 	Healthy bool
+	// Draining (with Healthy) gives the instance no new flows but keeps
+	// the flows pinned to it there, so that scaling in moves no live flow.
+	Draining bool
 	// OnFailure applies when the appliance has no healthy instance. All
 	// instances of an appliance must agree.
 	OnFailure FailureAction

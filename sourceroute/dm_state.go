@@ -334,8 +334,8 @@ func (e *Engine) build(s *Snapshot, old *state) (*state, *changes, error) {
 	}
 
 	for _, rule := range s.Appliances {
-		healthy := rule.Healthy
-		rule.Healthy = false
+		healthy, draining := rule.Healthy, rule.Draining
+		rule.Healthy, rule.Draining = false, false
 		in := port(rule.Port, true)
 		var out *openPort
 		if rule.Kind == WireAppliance {
@@ -351,7 +351,9 @@ func (e *Engine) build(s *Snapshot, old *state) (*state, *changes, error) {
 		}
 		ns.instByMAC[inst.mac] = inst
 		if healthy {
-			a.healthy = append(a.healthy, inst)
+			if !draining {
+				a.healthy = append(a.healthy, inst)
+			}
 			inst.healthyGen = ch.gen
 		}
 	}
