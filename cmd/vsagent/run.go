@@ -152,6 +152,9 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config) error {
 	if err := d.serveOperators(ctx, cfg, ag, hv, dataplaneOps{dm.Engine()}); err != nil {
 		return err
 	}
+	if err := d.serveHook(ctx, cfg, ag); err != nil {
+		return err
+	}
 
 	d.status("resyncing every domain with libvirt")
 	select {

@@ -1,0 +1,69 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/vsagent/vsagent/intercept"
+	"github.com/vsagent/vsagent/internal/hookapi"
+)
+
+// EventHookHeld: libvirt's start hook found a guest that needs inspection
+// and its interfaces now drop every frame until its chain is ready.
+const EventHookHeld EventKind = "hook-held"
+
+// HookPrepare answers libvirt's "prepare begin" for a guest that needs
+// inspection: the appliances of its policy start provisioning now, while
+// libvirt prepares the guest, and the hook does not wait for them (the
+// gate after STARTED does). Recording the needs first keeps garbage
+// collection from deleting what is being created for it.
+func (a *Agent) HookPrepare(ctx context.Context, g hookapi.Guest) error {
+	pol := g.Resolution.Policy
+	if pol == nil {
+		return nil
+	}
+	needs := chainAppliances(pol)
+	a.setNeeds(g.Domain.UUID, needs)
+	log := a.log.With("guest", g.Domain.Name, "domain_uuid", g.Domain.UUID)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.Config().Agent.GateTimeout)
+	go func() {
+		defer cancel()
+		if _, err := a.provision(ctx, needs, log); err != nil {
+			log.Warn("provisioning ahead of the start failed; the gate after STARTED retries", "error", err)
+		}
+	}()
+	return nil
+}
+
+// HookStart answers libvirt's "start begin": the guest's taps exist and
+// QEMU does not run yet (see docs/hooks.md for the measured timeline). The
+// guest is held in the dataplane, so the first frame its vCPUs send is
+// dropped, not forwarded, until the gate after STARTED attaches its chain.
+//
+// Only a backend that diverts without calling libvirt can do this: libvirt
+// holds the domain's job while the hook runs, so a libvirt call about this
+// guest would wait for the hook that waits for it. With another backend the
+// start proceeds and only the gate after STARTED protects the guest: its
+// window stays open, which is logged rather than refused, since refusing
+// would make every inspected guest unstartable.
+func (a *Agent) HookStart(ctx context.Context, g hookapi.Guest) error {
+	log := a.log.With("guest", g.Domain.Name, "domain_uuid", g.Domain.UUID)
+	dm, ok := a.dp.(*DistributionManager)
+	if !ok {
+		log.Warn("no distribution manager to hold the guest before it runs; relying on the gate after STARTED")
+		return nil
+	}
+	if name := dm.cfg.Backend.Name(); name != intercept.BackendTCRedirect {
+		log.Warn("the intercept backend rewires interfaces through libvirt and cannot hold the guest before it runs; relying on the gate after STARTED", "backend", name)
+		return nil
+	}
+	plan := GuestPlan{UUID: g.Domain.UUID, Name: g.Domain.Name, Policy: g.Resolution.Policy, Domain: g.Domain}
+	if len(intercept.InterfacesOf(g.Domain)) == 0 {
+		return nil
+	}
+	if err := dm.Hold(ctx, plan); err != nil {
+		return fmt.Errorf("hold %s in the dataplane: %w", g.Domain.Name, err)
+	}
+	a.recordEvent(Event{Kind: EventHookHeld, Guest: g.Domain.Name, Message: "interfaces drop every frame until the chain is ready"})
+	return nil
+}
