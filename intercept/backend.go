@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+
+	"github.com/vsagent/vsagent/sriov"
 )
 
 // Backend names, as the [intercept] backend setting spells them.
@@ -57,11 +59,14 @@ type Backend interface {
 type Deps struct {
 	Logger *slog.Logger
 	// NetNS is the path of the network namespace file whose links
-	// tc-redirect changes; "" means the agent's own namespace, which is
-	// where libvirt creates taps.
+	// tc-redirect and switchdev change (taps, representors); "" means the
+	// agent's own namespace, which is where libvirt creates taps.
 	NetNS string
-	// Domains is the libvirt connection macvtap works through.
+	// Domains is the libvirt connection macvtap and sriov-vlan work through.
 	Domains Domains
+	// SRIOV is the host's SR-IOV view for switchdev and sriov-vlan; nil
+	// means the running system's, acting in NetNS.
+	SRIOV *sriov.Host
 }
 
 // New returns the backend called name.
@@ -79,8 +84,10 @@ func New(name string, deps Deps) (Backend, error) {
 			return nil, fmt.Errorf("intercept: %s needs a libvirt connection", name)
 		}
 		return &macvtap{dom: deps.Domains, log: log}, nil
-	case BackendSwitchdev, BackendSRIOVVLAN:
-		return nil, fmt.Errorf("intercept: %s: %w", name, ErrUnavailable)
+	case BackendSwitchdev:
+		return newSwitchdev(deps, log)
+	case BackendSRIOVVLAN:
+		return newSRIOVVLAN(deps, log)
 	}
 	return nil, fmt.Errorf("intercept: unknown backend %q: %w", name, ErrUnavailable)
 }

@@ -24,13 +24,24 @@
 //     libvirt (Domains); the original <interface> element is kept in the
 //     guest's metadata under Namespace. The guest's persistent definition is
 //     never changed.
-//   - switchdev and sriov-vlan are not available yet (ErrUnavailable).
+//   - switchdev (guests on SR-IOV VFs, NIC eswitch in switchdev mode) makes
+//     the VF's representor the DM's dedicated port (DedicatedPorts): it
+//     takes the representor out of its bridge and brings it up, recording
+//     what it changed in the representor's alias (RepresentorMarker).
+//   - sriov-vlan (guests on SR-IOV VFs, eswitch in legacy mode) gives the
+//     guest's VF its own port VLAN (InterceptVLAN) and makes the DM's VF
+//     trusted and promiscuous, recording the VFs' prior settings in the
+//     guest's metadata under SRIOVNamespace.
+//
+// VFOf finds the VF behind a hostdev or direct interface; VFParent picks
+// the VF a macvtap on a PF moves onto, for the macvtap backend. Both read
+// the host through package sriov (Deps.SRIOV).
 //
 // DumpLink renders a link's attributes, qdiscs and filters canonically, so
 // that two states can be compared byte for byte.
 //
-// The package decides nothing about policy, and it imports nothing of
-// vsagent's: libvirt is reached through the consumer-declared Domains, which
-// the hypervisor package's Conn implements. docs/intercept.md has the
+// The package decides nothing about policy, and of vsagent's packages it
+// imports only sriov: libvirt is reached through the consumer-declared
+// Domains, which the hypervisor package's Conn implements. docs/intercept.md has the
 // details, the marker values and the limits.
 package intercept
