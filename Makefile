@@ -78,8 +78,11 @@ fuzz:
 bench: deps
 	$(GO) test -run='^$$' -bench=. -benchmem -count=1 ./...
 
-demo: build
-	$(BIN)/vsagent demo
+# demo plays vsagent's story on a private libvirtd with QEMU guests and the
+# appliance image (docs/demo.md); `bin/vsagent demo --simulated` needs
+# neither root nor QEMU.
+demo: build appliance-image
+	$(BIN)/vsagent demo -image-dir $(IMAGE_DIR)
 
 # appliance-image builds the appliance VM image (docs/appliance-image.md)
 # into $(IMAGE_DIR): a Debian kernel, downloaded once into the image cache and

@@ -2,12 +2,16 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -16,22 +20,49 @@ import (
 	"github.com/vsagent/vsagent/agent"
 	"github.com/vsagent/vsagent/hypervisor"
 	"github.com/vsagent/vsagent/internal/config"
+	"github.com/vsagent/vsagent/internal/e2elab"
+	"github.com/vsagent/vsagent/internal/libvirtlab"
+	"github.com/vsagent/vsagent/internal/vmimage"
 )
 
 // demoNode is an empty host for libvirt's test driver: a private, simulated
 // hypervisor that needs no daemon, so the demo runs anywhere libvirt is.
 const demoNode = `<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>1</threads><active>4</active><mhz>2000</mhz><model>x86_64</model></cpu><memory>8388608</memory></node>`
 
-// runDemo plays vsagent's control-plane job on a simulated host with the
-// embedded default configuration and narrates it.
+// runDemo is `vsagent demo`: the real story on QEMU guests and appliance
+// VMs (realDemo), or with --simulated the control plane alone on
+// libvirt's test driver, for machines without QEMU or root.
 func runDemo(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 {
-		fmt.Fprintln(stderr, "usage: vsagent demo")
+	fs := flag.NewFlagSet("vsagent demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	simulated := fs.Bool("simulated", false, "play only the control plane on libvirt's test driver (no QEMU, no root)")
+	imageDir := fs.String("image-dir", "build/images", "the appliance image (make appliance-image)")
+	template := fs.String("template", "testdata/templates/vsa-header.xml", "the header appliance template")
+	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := demo(ctx, stdout); err != nil {
+	if fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "usage: vsagent demo [--simulated] [-image-dir DIR] [-template FILE]")
+		return 2
+	}
+	// Ctrl-C ends the story early, but the deferred cleanups still run.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	var err error
+	if *simulated {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		err = demo(ctx, stdout)
+	} else {
+		ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+		defer cancel()
+		err = realDemo(ctx, stdout, *imageDir, *template)
+	}
+	if errors.Is(err, context.Canceled) {
+		fmt.Fprintln(stderr, "vsagent demo: interrupted; everything it started has been removed")
+		return 130
+	}
+	if err != nil {
 		fmt.Fprintf(stderr, "vsagent demo: %v\n", err)
 		return 1
 	}
@@ -47,6 +78,8 @@ func (n *narrator) say(format string, args ...any) {
 	fmt.Fprintf(n.w, "[%7.3fs] %s\n", time.Since(n.start).Seconds(), fmt.Sprintf(format, args...))
 }
 
+// demo plays vsagent's control-plane job on a simulated host with the
+// embedded default configuration and narrates it.
 func demo(ctx context.Context, w io.Writer) error {
 	dir, err := os.MkdirTemp("", "vsagent-demo-")
 	if err != nil {
@@ -129,15 +162,27 @@ func demo(ctx context.Context, w io.Writer) error {
 	return nil
 }
 
+// narrateEvents prints the agent's events as they come. An event equal to
+// one already printed (a TCP retransmission dropped again, say) is not
+// repeated, so the story stays readable.
 func narrateEvents(ctx context.Context, ag *agent.Agent, n *narrator) {
 	var seq uint64
+	seen := map[narratedEvent]bool{}
 	for {
 		evs, changed := ag.Events(seq)
 		for _, e := range evs {
 			seq = e.Seq
+			key := narratedEvent{e.Kind, e.Guest, e.Appliance, e.Message}
+			if seen[key] {
+				continue
+			}
+			seen[key] = true
 			subject := e.Guest
-			if subject == "" {
+			switch {
+			case subject == "":
 				subject = e.Appliance
+			case e.Appliance != "":
+				subject += " at " + e.Appliance
 			}
 			n.say("  %-18s %s %s", e.Kind, subject, e.Message)
 		}
@@ -147,6 +192,13 @@ func narrateEvents(ctx context.Context, ag *agent.Agent, n *narrator) {
 		case <-changed:
 		}
 	}
+}
+
+// narratedEvent is what narrateEvents tells apart: an event without its
+// sequence number and time.
+type narratedEvent struct {
+	kind                      agent.EventKind
+	guest, appliance, message string
 }
 
 func printState(w io.Writer, ag *agent.Agent) {
@@ -231,6 +283,166 @@ func waitFor(ctx context.Context, cond func() bool) error {
 			return ctx.Err()
 		case <-t.C:
 		}
+	}
+	return nil
+}
+
+// demoStep is one line of the real demo's summary.
+type demoStep struct {
+	what   string
+	took   time.Duration
+	result string
+}
+
+// realDemo plays the story on a private libvirtd with QEMU guests and
+// appliance VMs, narrating each step, and removes everything it made.
+func realDemo(ctx context.Context, w io.Writer, imageDir, template string) (err error) {
+	if os.Geteuid() != 0 {
+		return errors.New("the demo starts a private libvirtd and QEMU guests, which needs root; vsagent demo --simulated runs without")
+	}
+	if err := libvirtlab.Available(); err != nil {
+		return fmt.Errorf("%w (make demo installs what is missing; vsagent demo --simulated runs without QEMU)", err)
+	}
+	if _, err := vmimage.CheckAppliance(imageDir); err != nil {
+		return fmt.Errorf("appliance image in %s: %w (build it with make appliance-image)", imageDir, err)
+	}
+	abs := func(p string) string { a, _ := filepath.Abs(p); return a }
+	if _, err := os.Stat(template); err != nil {
+		return fmt.Errorf("appliance template: %w (run the demo from the source tree, or pass -template)", err)
+	}
+	dir, err := os.MkdirTemp("", "vsagent-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	n := &narrator{w: w, start: time.Now()}
+	var steps []demoStep
+	last := n.start
+	step := func(what, result string) {
+		steps = append(steps, demoStep{what, time.Since(last), result})
+		last = time.Now()
+	}
+	fmt.Fprintln(w, "vsagent demo: real QEMU guests and appliance VMs on a private libvirtd (Ctrl-C stops and cleans up)")
+	fmt.Fprintln(w, "policy \"protected\": guests named demo-* go through ips → fw; ips denies telnet (TCP 23), fw drops the EICAR test string")
+	fmt.Fprintln(w)
+	n.say("starting a private libvirtd in its own network and mount namespaces, a bridge br0, and vsagent…")
+	lab, err := e2elab.Start(ctx, e2elab.Options{
+		Dir: dir, Template: abs(template), GuestPrefix: "demo",
+		Kernel: filepath.Join(abs(imageDir), vmimage.KernelFile), Initrd: filepath.Join(abs(imageDir), vmimage.InitrdFile),
+	})
+	if err != nil {
+		return err
+	}
+	evCtx, stopEvents := context.WithCancel(ctx)
+	defer func() {
+		stopEvents()
+		n.say("cleaning up: vsagent, libvirtd, every VM and the lab's namespace")
+		if stopErr := lab.Stop(context.WithoutCancel(ctx)); stopErr != nil && err == nil {
+			err = stopErr
+		}
+	}()
+	n.say("lab %s up: vsagent runs against it; its DM reads %s, tc-redirect diverts the guests' taps", lab.Libvirt.Name, e2elab.DMPort)
+	step("start the lab and vsagent", "ok")
+	go narrateEvents(evCtx, lab.Agent, n)
+
+	db, err := lab.BootGuest(ctx, "demo-db", 2, "")
+	if err != nil {
+		return err
+	}
+	n.say("operator starts guest demo-db (%s): HTTP on :80, echo on :7", db.IP)
+	web, err := lab.BootGuest(ctx, "demo-web", 1, e2elab.TrafficScript(db.IP, true))
+	if err != nil {
+		return err
+	}
+	n.say("operator starts guest demo-web (%s): once booted it talks to demo-db", web.IP)
+	if err := e2elab.WaitFor(ctx, "demo guests released", func() bool {
+		return lab.GuestState("demo-web") == agent.GuestInspected && lab.GuestState("demo-db") == agent.GuestInspected
+	}); err != nil {
+		return err
+	}
+	n.say("both guests resumed with their chain in place; appliances and guests are booting (TCG, ~10–30 s)")
+	step("gate guests, define and start appliances, resume", fmt.Sprintf("%d appliances", len(lab.Agent.Appliances())))
+
+	frames := func() string {
+		c := lab.DM.Engine().Counters()
+		return fmt.Sprintf("DM → ips %d frames, → fw %d frames", c.Instances["vsa-ips-1"].Sent, c.Instances["vsa-fw-1"].Sent)
+	}
+	failed := 0
+	describe := map[string][2]string{
+		e2elab.MarkHTTP:   {"demo-web → demo-db HTTP", "200 OK through ips → fw"},
+		e2elab.MarkEcho:   {"demo-web → demo-db echo (port 7)", "answered through ips → fw and back"},
+		e2elab.MarkClosed: {"demo-web → demo-db port 24 (closed, allowed)", "refused: the reset came back through fw → ips"},
+		e2elab.MarkTelnet: {"demo-web → demo-db telnet (port 23)", "blocked by vsa-ips-1 (rule no-telnet): no answer"},
+		e2elab.MarkAttack: {"demo-web → demo-db EICAR payload", "dropped by vsa-fw-1 (signature eicar): nothing echoed"},
+	}
+	_, err = web.Outcome(ctx, func(mark, line string) {
+		d := describe[mark]
+		o := e2elab.Outcome{Lines: map[string]string{mark: line}}
+		if o.Passed(mark) {
+			n.say("%s: %s (%s)", d[0], d[1], frames())
+			step(d[0], "as the policy says")
+			return
+		}
+		failed++
+		n.say("%s: UNEXPECTED, the guest says %q (%s)", d[0], line, frames())
+		step(d[0], "UNEXPECTED")
+	}, e2elab.AllMarks...)
+	if err != nil {
+		return err
+	}
+
+	app, err := lab.BootGuest(ctx, "demo-app", 3, e2elab.TrafficScript(db.IP, false))
+	if err != nil {
+		return err
+	}
+	n.say("operator starts guest demo-app: same policy")
+	if err := e2elab.WaitFor(ctx, "demo-app released", func() bool { return lab.GuestState("demo-app") == agent.GuestInspected }); err != nil {
+		return err
+	}
+	names, _ := lab.DomainNames(ctx)
+	n.say("demo-app resumed; it reuses the running appliances (domains now: %s)", strings.Join(names, ", "))
+	step("third guest reuses the appliances", fmt.Sprintf("%d appliances", len(lab.Agent.Appliances())))
+	out, err := app.Outcome(ctx, nil, e2elab.MarkHTTP)
+	if err != nil {
+		return err
+	}
+	if out.Passed(e2elab.MarkHTTP) {
+		n.say("demo-app → demo-db HTTP: 200 OK through the same ips → fw (%s)", frames())
+		step("demo-app → demo-db HTTP", "as the policy says")
+	} else {
+		failed++
+		n.say("demo-app → demo-db HTTP: UNEXPECTED, the guest says %q", out.Lines[e2elab.MarkHTTP])
+		step("demo-app → demo-db HTTP", "UNEXPECTED")
+	}
+	printState(w, lab.Agent)
+
+	for _, g := range []*e2elab.Guest{web, db, app} {
+		if err := lab.RemoveGuest(ctx, g); err != nil {
+			return err
+		}
+		n.say("operator destroys and undefines %s", g.Name)
+	}
+	if err := e2elab.WaitFor(ctx, "appliances deleted", func() bool {
+		names, err := lab.DomainNames(ctx)
+		return err == nil && len(names) == 0 && lab.Agent.Settled()
+	}); err != nil {
+		return err
+	}
+	n.say("no guest needs an appliance any more: vsa-ips-1 and vsa-fw-1 deleted")
+	step("remove guests, delete appliances", "ok")
+	stopEvents()
+
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "STEP\tTOOK\tRESULT")
+	for _, s := range steps {
+		fmt.Fprintf(tw, "%s\t%.1fs\t%s\n", s.what, s.took.Seconds(), s.result)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	if failed > 0 {
+		return fmt.Errorf("%d traffic checks did not go as the policy says", failed)
 	}
 	return nil
 }

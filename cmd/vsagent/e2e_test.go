@@ -288,3 +288,20 @@ func processesMentioning(s string) []string {
 	}
 	return pids
 }
+
+// The simulated demo needs neither root nor QEMU: it must always play to
+// the end.
+func TestSimulatedDemo(t *testing.T) {
+	var out, errOut strings.Builder
+	if code := dispatch([]string{"demo", "--simulated"}, &out, &errOut); code != 0 {
+		t.Fatalf("vsagent demo --simulated exited %d: %s\n%s", code, errOut.String(), out.String())
+	}
+	for _, want := range []string{"demo-web runs; its traffic is bound to ips → fw", "all deleted"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("narration lacks %q:\n%s", want, out.String())
+		}
+	}
+	if code := dispatch([]string{"demo", "extra"}, &out, &errOut); code != 2 {
+		t.Errorf("vsagent demo extra exited %d, want 2 (usage)", code)
+	}
+}

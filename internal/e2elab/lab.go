@@ -55,9 +55,6 @@ action = "drop"
 `
 )
 
-// ErrTimeout is wrapped when something the lab waits for does not happen.
-var ErrTimeout = errors.New("e2elab: timed out")
-
 // Options configure a lab.
 type Options struct {
 	// Dir receives everything the lab writes but libvirtd's own state
@@ -349,14 +346,14 @@ func (l *Lab) Stop(ctx context.Context) error {
 }
 
 // WaitFor polls cond until it holds or ctx ends; what names the wait in
-// the error.
+// the error, which wraps ctx's.
 func WaitFor(ctx context.Context, what string, cond func() bool) error {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for !cond() {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w: %s: %w", ErrTimeout, what, ctx.Err())
+			return fmt.Errorf("e2elab: waiting for %s: %w", what, ctx.Err())
 		case <-tick.C:
 		}
 	}
