@@ -4,21 +4,22 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/vsagent/vsagent/agent"
+	"github.com/vsagent/vsagent/hypervisor"
 	"github.com/vsagent/vsagent/intercept"
 	"github.com/vsagent/vsagent/internal/e2elab"
 	"github.com/vsagent/vsagent/internal/libvirtlab"
 	"github.com/vsagent/vsagent/internal/vmimage"
+	"github.com/vsagent/vsagent/internal/vsafiltertest"
 )
 
 // TestEndToEnd plays the whole story on real components: a private
@@ -66,7 +67,24 @@ func TestEndToEnd(t *testing.T) {
 	}
 	timer.done("lab up: libvirtd, bridge, agent and DM")
 
-	// 1. Two guests: gated, appliances defined and booted, resumed.
+	// 1. Two guests: gated, appliances defined and booted, resumed. A
+	// connection of the test's own sees what libvirt really did.
+	watch, err := hypervisor.Connect(ctx, lab.Libvirt.URI(), hypervisor.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watch.Close()
+	var mu sync.Mutex
+	lifecycle := map[string][]string{}
+	go func() {
+		for e := range watch.Events() {
+			if e.Kind == hypervisor.EventSuspended || e.Kind == hypervisor.EventResumed {
+				mu.Lock()
+				lifecycle[e.Name] = append(lifecycle[e.Name], e.Kind.String())
+				mu.Unlock()
+			}
+		}
+	}()
 	web2, err := lab.BootGuest(ctx, "web-2", 2, "")
 	if err != nil {
 		t.Fatal(err)
@@ -92,6 +110,21 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 	}
+	// The events are in flight at most: a short wait is enough.
+	evCtx, evCancel := context.WithTimeout(ctx, time.Minute)
+	defer evCancel()
+	waitStep(evCtx, t, "libvirt to report both guests paused and resumed", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, g := range []string{"web-1", "web-2"} {
+			// Starting a domain emits "resumed" first (LAB.md); the
+			// gate's pause and release follow it.
+			if l := lifecycle[g]; !slices.Contains(l, "suspended") || l[len(l)-1] != "resumed" {
+				return false
+			}
+		}
+		return true
+	})
 	if got, want := applianceNames(lab), []string{"vsa-fw-1", "vsa-ips-1"}; !slices.Equal(got, want) {
 		t.Errorf("appliances %v, want %v", got, want)
 	}
@@ -201,20 +234,11 @@ func TestEndToEnd(t *testing.T) {
 	timer.report()
 }
 
-// buildApplianceImage builds vsafilter statically and the appliance image
-// into a temporary folder, with the kernel from the lab's cache.
+// buildApplianceImage builds the appliance image into a temporary folder,
+// with a static vsafilter and the kernel from the lab's cache.
 func buildApplianceImage(ctx context.Context, t *testing.T) vmimage.Appliance {
 	t.Helper()
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	bin := filepath.Join(t.TempDir(), "vsafilter")
-	cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "github.com/vsagent/vsagent/cmd/vsafilter")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building vsafilter: %v\n%s", err, out)
-	}
+	bin := vsafiltertest.Build(t, "../..")
 	cacheDir, err := libvirtlab.CacheDir()
 	if err != nil {
 		t.Fatal(err)
