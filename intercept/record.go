@@ -41,33 +41,43 @@ type diverted struct {
 // means no records; an element that cannot be decoded is an error, so that
 // nobody overwrites what it holds.
 func parseRecords(metadata string) (records, error) {
+	var rs records
+	if _, err := decodeMetadataElement(metadata, Namespace, "intercept", &rs); err != nil {
+		return records{}, err
+	}
+	for i, d := range rs.Diverted {
+		mac, err := net.ParseMAC(d.MAC)
+		if err != nil {
+			return records{}, fmt.Errorf("%w: record %d: %w", ErrRecord, i, err)
+		}
+		rs.Diverted[i].MAC = mac.String()
+	}
+	return rs, nil
+}
+
+// decodeMetadataElement decodes into out the top-level element ns:local
+// among the children of a domain's <metadata> (its inner XML, as libvirtxml
+// keeps it), and reports whether there was one.
+func decodeMetadataElement(metadata, ns, local string, out any) (bool, error) {
 	dec := xml.NewDecoder(strings.NewReader(metadata))
-	depth := 0
-	for {
+	for depth := 0; ; {
 		tok, err := dec.Token()
 		if errors.Is(err, io.EOF) {
-			return records{}, nil
+			return false, nil
 		}
 		if err != nil {
-			return records{}, fmt.Errorf("%w: metadata: %w", ErrRecord, err)
+			return false, fmt.Errorf("%w: metadata: %w", ErrRecord, err)
 		}
 		switch t := tok.(type) {
 		case xml.StartElement:
-			if depth == 0 && t.Name.Space == Namespace && t.Name.Local == "intercept" {
-				var rs records
-				if err := dec.DecodeElement(&rs, &t); err != nil {
-					return records{}, fmt.Errorf("%w: %w", ErrRecord, err)
-				}
-				for i, d := range rs.Diverted {
-					mac, err := net.ParseMAC(d.MAC)
-					if err != nil {
-						return records{}, fmt.Errorf("%w: record %d: %w", ErrRecord, i, err)
-					}
-					rs.Diverted[i].MAC = mac.String()
-				}
-				return rs, nil
+			if depth > 0 || t.Name.Space != ns || t.Name.Local != local {
+				depth++
+				continue
 			}
-			depth++
+			if err := dec.DecodeElement(out, &t); err != nil {
+				return false, fmt.Errorf("%w: %w", ErrRecord, err)
+			}
+			return true, nil
 		case xml.EndElement:
 			depth--
 		}

@@ -2,11 +2,8 @@ package intercept
 
 import (
 	"encoding/xml"
-	"errors"
 	"fmt"
-	"io"
 	"net"
-	"strings"
 
 	"libvirt.org/go/libvirtxml"
 
@@ -118,37 +115,18 @@ func (d vlanDiverted) validate() error {
 // that cannot be decoded or holds impossible values is an error, so that
 // nobody overwrites what it holds.
 func parseVLANRecords(metadata string) (vlanRecords, error) {
-	dec := xml.NewDecoder(strings.NewReader(metadata))
-	for depth := 0; ; {
-		tok, err := dec.Token()
-		if errors.Is(err, io.EOF) {
-			return vlanRecords{}, nil
-		}
-		if err != nil {
-			return vlanRecords{}, fmt.Errorf("%w: metadata: %w", ErrRecord, err)
-		}
-		switch t := tok.(type) {
-		case xml.StartElement:
-			if depth > 0 || t.Name.Space != SRIOVNamespace || t.Name.Local != "sriov-vlan" {
-				depth++
-				continue
-			}
-			var rs vlanRecords
-			if err := dec.DecodeElement(&rs, &t); err != nil {
-				return vlanRecords{}, fmt.Errorf("%w: %w", ErrRecord, err)
-			}
-			for i, d := range rs.VFs {
-				if err := d.validate(); err != nil {
-					return vlanRecords{}, fmt.Errorf("%w: sriov-vlan record %d: %w", ErrRecord, i, err)
-				}
-				mac, _ := net.ParseMAC(d.MAC)
-				rs.VFs[i].MAC = mac.String()
-			}
-			return rs, nil
-		case xml.EndElement:
-			depth--
-		}
+	var rs vlanRecords
+	if _, err := decodeMetadataElement(metadata, SRIOVNamespace, "sriov-vlan", &rs); err != nil {
+		return vlanRecords{}, err
 	}
+	for i, d := range rs.VFs {
+		if err := d.validate(); err != nil {
+			return vlanRecords{}, fmt.Errorf("%w: sriov-vlan record %d: %w", ErrRecord, i, err)
+		}
+		mac, _ := net.ParseMAC(d.MAC)
+		rs.VFs[i].MAC = mac.String()
+	}
+	return rs, nil
 }
 
 func vlanRecordsOf(dom *libvirtxml.Domain) (vlanRecords, error) {
