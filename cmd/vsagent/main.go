@@ -14,7 +14,7 @@ const usage = `usage: vsagent COMMAND [flags]
 commands:
   run [-c FILE]            run the agent (what systemd starts)
   check-config [-c FILE]   validate a configuration; print every error
-  demo                     run vsagent's job on a simulated host and narrate it
+  demo [--simulated]       play vsagent's job on a private libvirtd with QEMU guests and appliance VMs (--simulated: control plane only, on libvirt's test driver)
   image COMMAND            build and check the appliance VM image (vsagent image help)
   version                  print the version
 `
