@@ -50,8 +50,8 @@ type dpLab struct {
 	host     *netnstest.NS
 	hostPath string
 	guests   map[string]*dpGuest
-	links    map[string]string        // appliance → host-side link
-	applNS   map[string]*netnstest.NS // appliance → its namespace
+	links    map[string]string        // appliance or instance → host-side link
+	applNS   map[string]*netnstest.NS // appliance or instance → its namespace
 	dm       *DistributionManager
 	bin      string
 }
@@ -117,6 +117,9 @@ func (l *dpLab) start(t *testing.T, cfgText string) (stop func()) {
 	l.dm, err = NewDistributionManager(DMConfig{
 		Config: cfg, HostID: "test-host", Backend: backend, Domains: l.conn,
 		ApplianceLinks: func(_ context.Context, inst Instance) ([]string, error) {
+			if link, ok := l.links[inst.Name]; ok { // a lab with a link per instance
+				return []string{link}, nil
+			}
 			return []string{l.links[inst.Appliance]}, nil
 		},
 		RedirectPort: redirectTo, InterceptPort: readOn, Open: open, OpenTx: openTx, Logger: quietLogger(),
