@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -122,5 +123,56 @@ func TestHookPhaseTimeline(t *testing.T) {
 		if !strings.Contains(phases[c.phase], c.want) {
 			t.Errorf("%s: %q, want it to contain %q", c.phase, phases[c.phase], c.want)
 		}
+	}
+}
+
+// TestHookPhaseTimelineMigration measures the hook phases on both ends of
+// a live migration between two private libvirtds.
+func TestHookPhaseTimelineMigration(t *testing.T) {
+	dir := t.TempDir()
+	srcLog, dstLog := filepath.Join(dir, "src.log"), filepath.Join(dir, "dst.log")
+	src := libvirtlab.NewWith(t, libvirtlab.Options{Hooks: map[string]string{"qemu": fmt.Sprintf(timelineHook, srcLog)}})
+	dst := libvirtlab.NewWith(t, libvirtlab.Options{Hooks: map[string]string{"qemu": fmt.Sprintf(timelineHook, dstLog)}})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	img, err := libvirtlab.GuestImage(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dom, err := libvirtlab.GuestDomain("g1", img, libvirtlab.GuestOptions{
+		Interfaces: []libvirtlab.GuestInterface{{Type: "ethernet", Target: "vsg1e"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := hypervisor.Connect(ctx, src.URI(), hypervisor.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	d, err := conn.Define(ctx, dom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Start(ctx, d.UUID); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	mig := filepath.Join(dir, "mig.sock")
+	out, err := exec.CommandContext(ctx, "virsh", "-c", src.URI(), "migrate", "--live", "--persistent", "--undefinesource",
+		"g1", dst.URI(), "--migrateuri", "unix://"+mig).CombinedOutput()
+	if err != nil {
+		t.Fatalf("migrate: %v: %s", err, out)
+	}
+	sb, _ := os.ReadFile(srcLog)
+	db, _ := os.ReadFile(dstLog)
+	t.Logf("source phases:\n%s\ndestination phases:\n%s", sb, db)
+	for _, want := range []string{" migrate begin ", " prepare begin ", " start begin pid=none vcpu=none taps: vsg1e:unknown", " started begin "} {
+		if !strings.Contains(string(db), want) {
+			t.Errorf("destination: no %q phase", want)
+		}
+	}
+	if !strings.Contains(string(sb), " stopped end ") || !strings.Contains(string(sb), " release end ") {
+		t.Errorf("source: want stopped end and release end")
 	}
 }
