@@ -45,7 +45,6 @@ func (a Agent) HookSocket() string { return a.Socket + hookSocketSuffix }
 
 const hookSocketSuffix = ".hook"
 
-
 // Dataplane is the [dataplane] table: the distribution manager. There is
 // deliberately no fail-open switch: the DM always fails closed.
 type Dataplane struct {
