@@ -406,3 +406,22 @@ func FuzzDecideScaling(f *testing.F) {
 		checkScaling(t, seed, upper, lower, maxV, maxI, hostCPUs, work)
 	})
 }
+
+// BenchmarkDecideScaling is one poll of a host with 50 appliances of 4
+// instances each: the decision's cost is what a poll adds to libvirt's.
+func BenchmarkDecideScaling(b *testing.B) {
+	var apps []ApplianceSample
+	for a := range 50 {
+		app := ApplianceSample{Name: fmt.Sprintf("app%d", a), Limits: ScalingLimits{VCPUs: 1, MaxVCPUs: 4, MemoryKiB: 1 << 20, MaxMemoryKiB: 4 << 20, MaxInstances: 4}}
+		for i := 1; i <= 4; i++ {
+			app.Instances = append(app.Instances, inst(i, 2, float64(10+a), func(in *InstanceSample) { in.Name = InstanceName(app.Name, i) }))
+		}
+		apps = append(apps, app)
+	}
+	var st ScalingState
+	host := HostResources{CPUs: 512, MemoryKiB: 1 << 30}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		DecideScaling(&st, testScaling, host, apps, t0.Add(time.Duration(i)*10*time.Second))
+	}
+}
