@@ -3,11 +3,14 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/vsagent/vsagent/intercept"
 	"github.com/vsagent/vsagent/internal/afpacket"
+	"github.com/vsagent/vsagent/internal/config"
 	"github.com/vsagent/vsagent/internal/netnsutil"
 	"github.com/vsagent/vsagent/sourceroute"
 )
@@ -73,4 +76,26 @@ func PacketPorts(netnsPath string) (open, openTx sourceroute.PortOpener) {
 		}
 	}
 	return opener(false), opener(true)
+}
+
+// NewHostDataplane wires a distribution manager the way a host runs it: the
+// DM's intercept link, the configured intercept backend and AF_PACKET
+// ports, all in the network namespace at netnsPath ("" for the current
+// one). The caller runs it (Run) and gives it to the agent as its
+// Dataplane.
+func NewHostDataplane(cfg *config.Config, domains intercept.Domains, hostID, netnsPath string, log *slog.Logger, onEvent func(sourceroute.Event)) (*DistributionManager, error) {
+	redirectTo, readOn, err := EnsureDMPort(netnsPath, cfg.Dataplane.Port)
+	if err != nil {
+		return nil, fmt.Errorf("dataplane: %w", err)
+	}
+	backend, err := intercept.New(cfg.Intercept.Backend, intercept.Deps{NetNS: netnsPath, Logger: log, Domains: domains})
+	if err != nil {
+		return nil, fmt.Errorf("intercept backend %q: %w", cfg.Intercept.Backend, err)
+	}
+	open, openTx := PacketPorts(netnsPath)
+	return NewDistributionManager(DMConfig{
+		Config: cfg, HostID: hostID, Backend: backend, Domains: domains,
+		RedirectPort: redirectTo, InterceptPort: readOn, Open: open, OpenTx: openTx,
+		Logger: log, OnEvent: onEvent,
+	})
 }

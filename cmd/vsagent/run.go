@@ -15,7 +15,6 @@ import (
 
 	"github.com/vsagent/vsagent/agent"
 	"github.com/vsagent/vsagent/hypervisor"
-	"github.com/vsagent/vsagent/intercept"
 	"github.com/vsagent/vsagent/internal/api"
 	"github.com/vsagent/vsagent/internal/api/agentapi"
 	"github.com/vsagent/vsagent/internal/config"
@@ -69,20 +68,7 @@ func (d *daemon) startDataplane(ctx context.Context, cfg *config.Config, hv *hyp
 	if err != nil {
 		return nil, fmt.Errorf("host UUID for the dataplane: %w", err)
 	}
-	redirectTo, readOn, err := agent.EnsureDMPort("", cfg.Dataplane.Port)
-	if err != nil {
-		return nil, fmt.Errorf("dataplane: %w", err)
-	}
-	backend, err := intercept.New(cfg.Intercept.Backend, intercept.Deps{Logger: d.log, Domains: hv})
-	if err != nil {
-		return nil, fmt.Errorf("intercept backend %q: %w", cfg.Intercept.Backend, err)
-	}
-	open, openTx := agent.PacketPorts("")
-	dm, err := agent.NewDistributionManager(agent.DMConfig{
-		Config: cfg, HostID: hostID, Backend: backend, Domains: hv,
-		RedirectPort: redirectTo, InterceptPort: readOn, Open: open, OpenTx: openTx,
-		Logger: d.log, OnEvent: onEvent,
-	})
+	dm, err := agent.NewHostDataplane(cfg, hv, hostID, "", d.log, onEvent)
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +77,7 @@ func (d *daemon) startDataplane(ctx context.Context, cfg *config.Config, hv *hyp
 			d.log.Error("distribution manager stopped", "error", err)
 		}
 	}()
-	d.log.Info("distribution manager running", "intercept_port", readOn, "backend", backend.Name())
+	d.log.Info("distribution manager running", "port", cfg.Dataplane.Port, "backend", cfg.Intercept.Backend)
 	return dm, nil
 }
 

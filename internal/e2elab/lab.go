@@ -16,7 +16,6 @@ import (
 
 	"github.com/vsagent/vsagent/agent"
 	"github.com/vsagent/vsagent/hypervisor"
-	"github.com/vsagent/vsagent/intercept"
 	"github.com/vsagent/vsagent/internal/config"
 	"github.com/vsagent/vsagent/internal/libvirtlab"
 	"github.com/vsagent/vsagent/internal/vmimage"
@@ -207,21 +206,10 @@ domains = [%q]
 // the intercept backend and the packet ports in the lab's namespace.
 func (l *Lab) startAgent(ctx context.Context) error {
 	log := l.opts.Logger
-	redirectTo, readOn, err := agent.EnsureDMPort(l.NetNSPath, DMPort)
-	if err != nil {
-		return fmt.Errorf("e2elab: %w", err)
-	}
-	backend, err := intercept.New(intercept.BackendTCRedirect, intercept.Deps{NetNS: l.NetNSPath, Logger: log, Domains: l.Conn})
-	if err != nil {
-		return fmt.Errorf("e2elab: intercept: %w", err)
-	}
-	open, openTx := agent.PacketPorts(l.NetNSPath)
 	var ag *agent.Agent
-	l.DM, err = agent.NewDistributionManager(agent.DMConfig{
-		Config: l.Config, HostID: l.Libvirt.HostUUID, Backend: backend, Domains: l.Conn,
-		RedirectPort: redirectTo, InterceptPort: readOn, Open: open, OpenTx: openTx, Logger: log,
-		OnEvent: func(e sourceroute.Event) { ag.RecordDataplaneEvent(e) },
-	})
+	var err error
+	l.DM, err = agent.NewHostDataplane(l.Config, l.Conn, l.Libvirt.HostUUID, l.NetNSPath, log,
+		func(e sourceroute.Event) { ag.RecordDataplaneEvent(e) })
 	if err != nil {
 		return fmt.Errorf("e2elab: %w", err)
 	}
