@@ -61,36 +61,11 @@ func TestHookPhaseTimeline(t *testing.T) {
 	lab := libvirtlab.NewWith(t, libvirtlab.Options{Hooks: map[string]string{"qemu": fmt.Sprintf(timelineHook, logPath)}})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	img, err := libvirtlab.GuestImage(ctx, "")
-	if err != nil {
+	if _, err := lab.Exec(ctx, "sh", "-c", "ip link add br0 type bridge && ip link set br0 up"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := lab.Exec(ctx, "ip", "link", "add", "br0", "type", "bridge"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := lab.Exec(ctx, "ip", "link", "set", "br0", "up"); err != nil {
-		t.Fatal(err)
-	}
-	dom, err := libvirtlab.GuestDomain("g1", img, libvirtlab.GuestOptions{
-		Interfaces: []libvirtlab.GuestInterface{{Type: "bridge", Source: "br0", Target: "vsg1"}, {Type: "ethernet", Target: "vsg1e"}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := hypervisor.Connect(ctx, lab.URI(), hypervisor.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	d, err := conn.Define(ctx, dom)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := conn.Start(ctx, d.UUID); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(2 * time.Second)
-	if err := conn.Destroy(ctx, d.UUID); err != nil {
+	conn, uuid := startGuest(t, ctx, lab, libvirtlab.GuestInterface{Type: "bridge", Source: "br0", Target: "vsg1"}, libvirtlab.GuestInterface{Type: "ethernet", Target: "vsg1e"})
+	if err := conn.Destroy(ctx, uuid); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(logPath)
@@ -135,29 +110,7 @@ func TestHookPhaseTimelineMigration(t *testing.T) {
 	dst := libvirtlab.NewWith(t, libvirtlab.Options{Hooks: map[string]string{"qemu": fmt.Sprintf(timelineHook, dstLog)}})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	img, err := libvirtlab.GuestImage(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dom, err := libvirtlab.GuestDomain("g1", img, libvirtlab.GuestOptions{
-		Interfaces: []libvirtlab.GuestInterface{{Type: "ethernet", Target: "vsg1e"}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := hypervisor.Connect(ctx, src.URI(), hypervisor.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	d, err := conn.Define(ctx, dom)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := conn.Start(ctx, d.UUID); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(2 * time.Second)
+	startGuest(t, ctx, src, libvirtlab.GuestInterface{Type: "ethernet", Target: "vsg1e"})
 	mig := filepath.Join(dir, "mig.sock")
 	out, err := exec.CommandContext(ctx, "virsh", "-c", src.URI(), "migrate", "--live", "--persistent", "--undefinesource",
 		"g1", dst.URI(), "--migrateuri", "unix://"+mig).CombinedOutput()
@@ -175,4 +128,32 @@ func TestHookPhaseTimelineMigration(t *testing.T) {
 	if !strings.Contains(string(sb), " stopped end ") || !strings.Contains(string(sb), " release end ") {
 		t.Errorf("source: want stopped end and release end")
 	}
+}
+
+// startGuest defines and starts the guest g1 with nics on lab and lets it
+// run for a moment, so that its vCPUs have done some work.
+func startGuest(t *testing.T, ctx context.Context, lab *libvirtlab.Lab, nics ...libvirtlab.GuestInterface) (*hypervisor.Conn, string) {
+	t.Helper()
+	img, err := libvirtlab.GuestImage(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dom, err := libvirtlab.GuestDomain("g1", img, libvirtlab.GuestOptions{Interfaces: nics})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := hypervisor.Connect(ctx, lab.URI(), hypervisor.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	d, err := conn.Define(ctx, dom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Start(ctx, d.UUID); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	return conn, d.UUID
 }
