@@ -178,51 +178,73 @@ func TestStartWindowWithoutHook(t *testing.T) {
 	startWindow(t, false)
 }
 
-func startWindow(t *testing.T, withHook bool) {
+// hookHost is a simulated hypervisor host for the hook tests: a private
+// libvirtd (with vsagent-hook installed when asked), a bridge br0 with a
+// peer namespace that counts the test guest's frames, a namespace for the
+// fw appliance's filter, and the agent with its DM and hook socket.
+type hookHost struct {
+	lab    *libvirtlab.Lab
+	conn   *hypervisor.Conn
+	hv     *withheldEvents
+	ag     *Agent
+	dm     *DistributionManager
+	atPeer *frameCounter
+	fwNS   *netnstest.NS
+	dir    string
+}
+
+var (
+	peerMAC  = net.HardwareAddr{0x52, 0x54, 0, 0x77, 0x09, 0x09}
+	guestMAC = net.HardwareAddr{0x52, 0x54, 0, 0x77, 0x01, 0x01}
+)
+
+const denyPort = 7002
+
+// buildHook compiles the hook client for the test's libvirtds.
+func buildHook(t *testing.T, ctx context.Context) string {
 	netnstest.RequireRoot(t)
 	if err := libvirtlab.Available(); err != nil {
 		t.Skipf("skipping: %v", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
-	dir := t.TempDir()
-
-	hookBin := filepath.Join(dir, "vsagent-hook")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", hookBin, "../cmd/vsagent-hook").CombinedOutput(); err != nil {
+	bin := filepath.Join(t.TempDir(), "vsagent-hook")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "../cmd/vsagent-hook").CombinedOutput(); err != nil {
 		t.Fatalf("build the hook client: %v\n%s", err, out)
 	}
-	cfgPath := filepath.Join(dir, "vsagent.toml")
+	return bin
+}
+
+// newHookHost starts a host; hookBin "" leaves libvirtd without the hook.
+// The agent sees libvirt's events only once h.hv.release is closed.
+func newHookHost(t *testing.T, ctx context.Context, hookBin string) *hookHost {
+	h := &hookHost{dir: t.TempDir()}
+	cfgPath := filepath.Join(h.dir, "vsagent.toml")
 	var hooks map[string]string
-	if withHook {
+	if hookBin != "" {
 		hooks = map[string]string{"qemu": "#!/bin/sh\nVSAGENT_CONFIG=" + cfgPath + " exec " + hookBin + " \"$@\"\n"}
 	}
-	lab := libvirtlab.NewWith(t, libvirtlab.Options{Hooks: hooks})
-	labPath := filepath.Join("/var/run/netns", lab.NetNS)
+	h.lab = libvirtlab.NewWith(t, libvirtlab.Options{Hooks: hooks})
+	labPath := filepath.Join("/var/run/netns", h.lab.NetNS)
 	img, err := libvirtlab.GuestImage(ctx, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	// The lab host: a bridge with the guest's tap and the peer, and a link
-	// to the namespace where the appliance's filter runs.
-	if _, err := lab.Exec(ctx, "sh", "-c", "ip link add br0 type bridge && ip link set br0 up"); err != nil {
+	if _, err := h.lab.Exec(ctx, "sh", "-c", "ip link add br0 type bridge && ip link set br0 up"); err != nil {
 		t.Fatal(err)
 	}
-	peer, fwNS := netnstest.New(t), netnstest.New(t)
+	peer := netnstest.New(t)
+	h.fwNS = netnstest.New(t)
 	peer.QuietIPv6(t)
-	fwNS.QuietIPv6(t)
-	peerMAC := net.HardwareAddr{0x52, 0x54, 0, 0x77, 0x09, 0x09}
-	guestMAC := net.HardwareAddr{0x52, 0x54, 0, 0x77, 0x01, 0x01}
+	h.fwNS.QuietIPv6(t)
 	peerLink, fwLink := netnstest.UniqueName("p"), netnstest.UniqueName("a")
-	hostIP(t, "-n", lab.NetNS, "link", "add", peerLink, "type", "veth", "peer", "name", "eth0", "address", peerMAC.String(), "netns", peer.Name())
-	hostIP(t, "-n", lab.NetNS, "link", "set", peerLink, "master", "br0", "up")
+	hostIP(t, "-n", h.lab.NetNS, "link", "add", peerLink, "type", "veth", "peer", "name", "eth0", "address", peerMAC.String(), "netns", peer.Name())
+	hostIP(t, "-n", h.lab.NetNS, "link", "set", peerLink, "master", "br0", "up")
 	hostIP(t, "-n", peer.Name(), "addr", "add", "10.77.0.9/24", "dev", "eth0")
 	hostIP(t, "-n", peer.Name(), "link", "set", "eth0", "up")
-	hostIP(t, "-n", lab.NetNS, "link", "add", fwLink, "mtu", "1600", "type", "veth", "peer", "name", "eth0", "mtu", "1600", "netns", fwNS.Name())
-	hostIP(t, "-n", lab.NetNS, "link", "set", fwLink, "up")
-	hostIP(t, "-n", fwNS.Name(), "link", "set", "eth0", "up")
-	const denyPort = 7002
-	atPeer := countFrames(t, peer, "eth0", guestMAC, denyPort)
+	hostIP(t, "-n", h.lab.NetNS, "link", "add", fwLink, "mtu", "1600", "type", "veth", "peer", "name", "eth0", "mtu", "1600", "netns", h.fwNS.Name())
+	hostIP(t, "-n", h.lab.NetNS, "link", "set", fwLink, "up")
+	hostIP(t, "-n", h.fwNS.Name(), "link", "set", "eth0", "up")
+	h.atPeer = countFrames(t, peer, "eth0", guestMAC, denyPort)
 
 	tmpl, err := libvirtlab.GuestDomain("template", img, libvirtlab.GuestOptions{Interfaces: []libvirtlab.GuestInterface{{Type: "ethernet"}}})
 	if err != nil {
@@ -232,7 +254,7 @@ func startWindow(t *testing.T, withHook bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "appliance.xml"), []byte(tmplXML), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(h.dir, "appliance.xml"), []byte(tmplXML), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cfgText := fmt.Sprintf(`
@@ -256,7 +278,7 @@ name = "web"
 chain = ["fw"]
 [policy.match]
 domains = ["web-*"]
-`, filepath.Join(dir, "vsagent.sock"), peerLink)
+`, filepath.Join(h.dir, "vsagent.sock"), peerLink)
 	if err := os.WriteFile(cfgPath, []byte(cfgText), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -265,18 +287,18 @@ domains = ["web-*"]
 		t.Fatal(err)
 	}
 
-	conn, err := hypervisor.Connect(ctx, lab.URI(), hypervisor.Options{Logger: quietLogger()})
+	h.conn, err = hypervisor.Connect(ctx, h.lab.URI(), hypervisor.Options{Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { h.conn.Close() })
 	runCtx, stopRun := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	t.Cleanup(func() {
 		stopRun()
 		wg.Wait()
 	})
-	hv := withholdEvents(runCtx, conn)
+	h.hv = withholdEvents(runCtx, h.conn)
 
 	redirectTo, readOn, err := EnsureDMPort(labPath, "vsa-dm0")
 	if err != nil {
@@ -287,25 +309,24 @@ domains = ["web-*"]
 		t.Fatal(err)
 	}
 	open, openTx := PacketPorts(labPath)
-	var ag *Agent
-	dm, err := NewDistributionManager(DMConfig{
-		Config: cfg, HostID: lab.HostUUID, Backend: backend, Domains: conn,
+	h.dm, err = NewDistributionManager(DMConfig{
+		Config: cfg, HostID: h.lab.HostUUID, Backend: backend, Domains: h.conn,
 		ApplianceLinks: func(context.Context, Instance) ([]string, error) { return []string{fwLink}, nil },
 		RedirectPort:   redirectTo, InterceptPort: readOn, Open: open, OpenTx: openTx, Logger: quietLogger(),
-		OnEvent: func(e sourceroute.Event) { ag.RecordDataplaneEvent(e) },
+		OnEvent: func(e sourceroute.Event) { h.ag.RecordDataplaneEvent(e) },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ag = New(hv, cfg, Options{Logger: quietLogger(), Dataplane: dm, MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
+	h.ag = New(h.hv, cfg, Options{Logger: quietLogger(), Dataplane: h.dm, MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
 	ln, err := net.Listen("unix", cfg.Agent.HookSocket())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, run := range []func() error{
-		func() error { return dm.Run(runCtx) },
-		func() error { return ag.Run(runCtx) },
-		func() error { return hookapi.Serve(runCtx, ln, hookapi.NewHandler(ag), quietLogger()) },
+		func() error { return h.dm.Run(runCtx) },
+		func() error { return h.ag.Run(runCtx) },
+		func() error { return hookapi.Serve(runCtx, ln, hookapi.NewHandler(h.ag), quietLogger()) },
 	} {
 		wg.Add(1)
 		go func() {
@@ -315,11 +336,19 @@ domains = ["web-*"]
 			}
 		}()
 	}
-	<-ag.Ready()
+	<-h.ag.Ready()
+	return h
+}
 
-	// The guest pings the peer and opens TCP connections to denyPort from
-	// its init, as soon as its interface has an address.
-	console := filepath.Join(dir, "web-1.console")
+// startTalkingGuest defines and starts web-1, whose init pings the peer
+// and opens TCP connections to denyPort five times a second as soon as its
+// interface has an address; sent(n) reports whether round n was reached.
+func (h *hookHost) startTalkingGuest(t *testing.T, ctx context.Context) (uuid string, sent func(n int) func() bool) {
+	img, err := libvirtlab.GuestImage(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	console := filepath.Join(h.dir, "web-1.console")
 	guest, err := libvirtlab.GuestDomain("web-1", img, libvirtlab.GuestOptions{
 		ConsoleLog: console,
 		Interfaces: []libvirtlab.GuestInterface{{Type: "bridge", Source: "br0", Target: netnstest.UniqueName("t"), MAC: guestMAC.String(), Address: "10.77.0.2/24"}},
@@ -337,19 +366,12 @@ done
 	if err != nil {
 		t.Fatal(err)
 	}
-	dom, err := conn.Define(ctx, guest)
+	dom, err := h.conn.Define(ctx, guest)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := conn.Start(ctx, dom.UUID); err != nil {
+	if err := h.conn.Start(ctx, dom.UUID); err != nil {
 		t.Fatalf("start web-1 (the hook must allow it): %v", err)
-	}
-	sent := func(n int) func() bool {
-		return func() bool {
-			b, _ := os.ReadFile(console)
-			// The serial console ends lines with CR LF.
-			return bytes.Contains(b, fmt.Appendf(nil, "hooktest-sent %d\r", n))
-		}
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -357,40 +379,21 @@ done
 			t.Logf("console of web-1 (last 4 KiB):\n%s", b[max(0, len(b)-4096):])
 		}
 	})
-	bootCtx, bootCancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer bootCancel()
-	waitFor(t, bootCtx, "the guest to boot and send", sent(15))
-
-	// Phase 1: the agent has not reacted to STARTED; only the hook's hold
-	// stands between the running guest and the peer.
-	if st, err := conn.Lookup(ctx, dom.UUID); err != nil || st.State != hypervisor.StateRunning {
-		t.Fatalf("web-1 is %v (%v), want running: the agent must not have gated it yet", st.State, err)
-	}
-	if !withHook {
-		if atPeer.denied.Load() == 0 {
-			t.Fatalf("without the hook nothing of web-1 reached the peer (%s): the test cannot see the window", atPeer)
+	return dom.UUID, func(n int) func() bool {
+		return func() bool {
+			b, _ := os.ReadFile(console)
+			// The serial console ends lines with CR LF.
+			return bytes.Contains(b, fmt.Appendf(nil, "hooktest-sent %d\r", n))
 		}
-		t.Logf("without the hook, at the peer before the agent reacted: %s", atPeer)
-		return
 	}
-	if !hasEventFor(ag, EventHookHeld, "web-1") {
-		t.Fatal("no hook-held event for web-1")
-	}
-	if n := atPeer.all(); n != 0 {
-		t.Fatalf("%d frames of web-1 reached the peer before its chain existed (%s)", n, atPeer)
-	}
-	drops := dm.Engine().Counters().Drops
-	heldDrops := drops["chain_not_ready"]
-	t.Logf("DM drops while held: %v", drops)
-	if heldDrops == 0 {
-		t.Fatalf("the DM dropped nothing of the held guest; counters %+v", dm.Engine().Counters())
-	}
+}
 
-	// Phase 2: the appliance the prepare hook provisioned gets its filter,
-	// and the agent sees the events and attaches the chain.
+// startFilter waits for the agent's fw instance and runs vsafilter with its
+// MAC in the appliance namespace, denying TCP to denyPort.
+func (h *hookHost) startFilter(t *testing.T, ctx context.Context, bin string) *vsafiltertest.Run {
 	var fwMAC string
-	waitFor(t, ctx, "the fw appliance provisioned at prepare", func() bool {
-		for _, a := range ag.Appliances() {
+	waitFor(t, ctx, "the fw appliance", func() bool {
+		for _, a := range h.ag.Appliances() {
 			if a.Appliance == "fw" && len(a.MACs) > 0 {
 				fwMAC = a.MACs[0]
 				return true
@@ -398,32 +401,129 @@ done
 		}
 		return false
 	})
-	hostIP(t, "-n", fwNS.Name(), "link", "set", "dev", "eth0", "address", fwMAC)
-	bin := vsafiltertest.Build(t, "..")
-	fw := vsafiltertest.Start(t, ctx, fwNS, bin, "fw", "eth0", fmt.Sprintf(
+	hostIP(t, "-n", h.fwNS.Name(), "link", "set", "dev", "eth0", "address", fwMAC)
+	return vsafiltertest.Start(t, ctx, h.fwNS, bin, "fw", "eth0", fmt.Sprintf(
 		"[output]\nstats_interval = \"0s\"\n[[rule]]\nname = \"no-%d\"\naction = \"deny\"\nproto = \"tcp\"\ndport = %d\n", denyPort, denyPort))
-	close(hv.release)
-	waitFor(t, ctx, "web-1 inspected", func() bool {
-		for _, g := range ag.Guests() {
-			if g.Name == "web-1" {
-				return g.State == GuestInspected
-			}
+}
+
+func (h *hookHost) guestState(name string) GuestState {
+	for _, g := range h.ag.Guests() {
+		if g.Name == name {
+			return g.State
 		}
-		return false
-	})
-	waitFor(t, ctx, "pings through the chain at the peer", func() bool { return atPeer.echo.Load() >= 5 })
-	n := 0
-	waitFor(t, ctx, "more SYNs sent through the chain", func() bool {
-		n++
-		return fw.Counters(t).Appliance.Dropped >= 5
-	})
-	c := fw.Counters(t).Appliance
-	t.Logf("held drops %d; at the peer %s; fw received %d forwarded %d dropped %d", heldDrops, atPeer, c.Received, c.Forwarded, c.Dropped)
-	if d := atPeer.denied.Load(); d != 0 {
-		t.Errorf("%d TCP segments to port %d reached the peer: they bypassed the chain that denies them", d, denyPort)
 	}
-	if all := atPeer.all(); all > c.Forwarded {
-		t.Errorf("%d frames of web-1 reached the peer, but the chain forwarded only %d", all, c.Forwarded)
+	return ""
+}
+
+// checkChained waits for pings through the chain and for the chain to deny
+// SYNs, then checks that nothing the chain denies reached the peer and
+// nothing more of the guest arrived than the appliance forwarded.
+func (h *hookHost) checkChained(t *testing.T, ctx context.Context, fw *vsafiltertest.Run) {
+	waitFor(t, ctx, "pings through the chain at the peer", func() bool { return h.atPeer.echo.Load() >= 5 })
+	waitFor(t, ctx, "SYNs denied by the chain", func() bool { return fw.Counters(t).Appliance.Dropped >= 5 })
+	c := fw.Counters(t).Appliance
+	t.Logf("%s: at the peer %s; fw received %d forwarded %d dropped %d", h.lab.Name, h.atPeer, c.Received, c.Forwarded, c.Dropped)
+	if d := h.atPeer.denied.Load(); d != 0 {
+		t.Errorf("%s: %d TCP segments to port %d reached the peer: they bypassed the chain that denies them", h.lab.Name, d, denyPort)
+	}
+	if all := h.atPeer.all(); all > c.Forwarded {
+		t.Errorf("%s: %d frames of web-1 reached the peer, but the chain forwarded only %d", h.lab.Name, all, c.Forwarded)
+	}
+}
+
+func startWindow(t *testing.T, withHook bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	hookBin := buildHook(t, ctx)
+	if !withHook {
+		hookBin = ""
+	}
+	h := newHookHost(t, ctx, hookBin)
+	uuid, sent := h.startTalkingGuest(t, ctx)
+	bootCtx, bootCancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer bootCancel()
+	waitFor(t, bootCtx, "the guest to boot and send", sent(15))
+
+	// Phase 1: the agent has not reacted to STARTED; only the hook's hold
+	// stands between the running guest and the peer.
+	if st, err := h.conn.Lookup(ctx, uuid); err != nil || st.State != hypervisor.StateRunning {
+		t.Fatalf("web-1 is %v (%v), want running: the agent must not have gated it yet", st.State, err)
+	}
+	if !withHook {
+		if h.atPeer.denied.Load() == 0 {
+			t.Fatalf("without the hook nothing of web-1 reached the peer (%s): the test cannot see the window", h.atPeer)
+		}
+		t.Logf("without the hook, at the peer before the agent reacted: %s", h.atPeer)
+		return
+	}
+	if !hasEventFor(h.ag, EventHookHeld, "web-1") {
+		t.Fatal("no hook-held event for web-1")
+	}
+	if n := h.atPeer.all(); n != 0 {
+		t.Fatalf("%d frames of web-1 reached the peer before its chain existed (%s)", n, h.atPeer)
+	}
+	drops := h.dm.Engine().Counters().Drops
+	t.Logf("DM drops while held: %v", drops)
+	if drops["chain_not_ready"] == 0 {
+		t.Fatalf("the DM dropped nothing of the held guest; counters %+v", h.dm.Engine().Counters())
+	}
+
+	// Phase 2: the appliance the prepare hook provisioned gets its filter,
+	// and the agent sees the events and attaches the chain.
+	fw := h.startFilter(t, ctx, vsafiltertest.Build(t, ".."))
+	close(h.hv.release)
+	waitFor(t, ctx, "web-1 inspected", func() bool { return h.guestState("web-1") == GuestInspected })
+	h.checkChained(t, ctx, fw)
+}
+
+// TestHookMigration live-migrates an inspected guest between two hosts,
+// each with its agent and the hook: on the destination the guest is held
+// from start begin, its appliance is provisioned from prepare begin and its
+// chain attached; on the source, where the domain simply disappears
+// (--undefinesource), its wiring and the appliance no one needs any more
+// are removed. Nothing the chain denies reaches either peer.
+func TestHookMigration(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	hookBin := buildHook(t, ctx)
+	src, dst := newHookHost(t, ctx, hookBin), newHookHost(t, ctx, hookBin)
+	close(src.hv.release)
+	close(dst.hv.release)
+	filterBin := vsafiltertest.Build(t, "..")
+
+	src.startTalkingGuest(t, ctx)
+	srcFW := src.startFilter(t, ctx, filterBin)
+	waitFor(t, ctx, "web-1 inspected on the source", func() bool { return src.guestState("web-1") == GuestInspected })
+	src.checkChained(t, ctx, srcFW)
+
+	mig := filepath.Join(t.TempDir(), "mig.sock")
+	out, err := exec.CommandContext(ctx, "virsh", "-c", src.lab.URI(), "migrate", "--live", "--persistent", "--undefinesource",
+		"web-1", dst.lab.URI(), "--migrateuri", "unix://"+mig).CombinedOutput()
+	if err != nil {
+		t.Fatalf("migrate: %v: %s", err, out)
+	}
+	if !hasEventFor(dst.ag, EventHookHeld, "web-1") {
+		t.Error("the destination's start hook did not hold web-1")
+	}
+	dstFW := dst.startFilter(t, ctx, filterBin)
+	waitFor(t, ctx, "web-1 inspected on the destination", func() bool { return dst.guestState("web-1") == GuestInspected })
+	dst.checkChained(t, ctx, dstFW)
+
+	waitFor(t, ctx, "the source to forget web-1 and delete its appliance", func() bool {
+		return src.guestState("web-1") == "" && len(src.ag.Appliances()) == 0
+	})
+	if f := src.dm.Engine().Flows("web-1"); len(f) != 0 {
+		t.Errorf("the source DM still has flows of web-1: %+v", f)
+	}
+	doms, err := src.conn.ListDomains(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range doms {
+		t.Errorf("domain %s left on the source", d.Name)
+	}
+	if d := src.atPeer.denied.Load(); d != 0 {
+		t.Errorf("source peer: %d denied segments arrived", d)
 	}
 }
 
