@@ -58,9 +58,9 @@ type DistributionManager struct {
 	engine *sourceroute.Engine
 	log    *slog.Logger
 
-	mu       sync.Mutex
-	guests   map[string]*dmGuest // by UUID
-	draining map[string]bool     // appliance instances' UUIDs; see SetDraining
+	mu     sync.Mutex
+	guests map[string]*dmGuest     // by UUID
+	marks  map[string]instanceMark // by appliance instance UUID; see SetDraining
 }
 
 type dmGuest struct {
@@ -301,7 +301,7 @@ func (d *DistributionManager) snapshotLocked() sourceroute.Snapshot {
 				if err != nil {
 					continue
 				}
-				ar := sourceroute.ApplianceRule{Appliance: app, Instance: inst.Name, MAC: macOf(hw), Healthy: true, Draining: d.draining[inst.UUID]}
+				ar := sourceroute.ApplianceRule{Appliance: app, Instance: inst.Name, MAC: macOf(hw), Healthy: !d.marks[inst.UUID].unhealthy, Draining: d.marks[inst.UUID].draining}
 				if l := g.links[inst.Name]; len(l) > 0 {
 					ar.Port = l[0]
 					if len(l) > 1 {

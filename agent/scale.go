@@ -78,6 +78,10 @@ type AutoscalerOptions struct {
 	// Drainer is told which duplicates drain; without one a drain is only
 	// a wait for DrainTimeout.
 	Drainer FlowDrainer
+	// Health, if set, is told which instances are silent (see
+	// checkSilence); it must also be the source of the distribution
+	// manager's counters, as *DistributionManager is.
+	Health HealthMarker
 	// DrainTimeout bounds a drain; it defaults to twice the dataplane's
 	// flow idle timeout, by when an idle flow's entry is gone anyway.
 	DrainTimeout time.Duration
@@ -92,10 +96,12 @@ type Autoscaler struct {
 	opts AutoscalerOptions
 	log  *slog.Logger
 
-	mu       sync.Mutex // one poll at a time; guards everything below
-	state    appliance.ScalingState
-	draining map[string]bool // instance names
-	loads    []appliance.InstanceSample
+	mu         sync.Mutex // one poll at a time; guards everything below
+	state      appliance.ScalingState
+	draining   map[string]bool           // instance names
+	silence    map[string]silenceReading // by domain UUID
+	recovering map[string]bool           // domain UUIDs recreated for silence
+	loads      []appliance.InstanceSample
 }
 
 // NewAutoscaler prepares the autoscaler of an agent; drive it with Run.
@@ -105,12 +111,15 @@ func NewAutoscaler(a *Agent, opts AutoscalerOptions) *Autoscaler {
 	}
 	if opts.Sampler == nil {
 		s := newLoadSampler(opts.Hypervisor, opts.Now)
-		if c, ok := opts.Drainer.(instanceCounters); ok {
+		if c, ok := opts.Health.(instanceCounters); ok {
+			s.dm = c
+		} else if c, ok := opts.Drainer.(instanceCounters); ok {
 			s.dm = c
 		}
 		opts.Sampler = s
 	}
-	return &Autoscaler{a: a, opts: opts, log: a.log.With("component", "autoscaler"), draining: make(map[string]bool)}
+	return &Autoscaler{a: a, opts: opts, log: a.log.With("component", "autoscaler"),
+		draining: make(map[string]bool), silence: make(map[string]silenceReading), recovering: make(map[string]bool)}
 }
 
 // Run polls at the configured interval until ctx ends. It waits for the
@@ -168,6 +177,11 @@ func (s *Autoscaler) Step(ctx context.Context) error {
 		byApp[d.Owner.Appliance] = append(byApp[d.Owner.Appliance], d)
 		running = append(running, instanceOf(d))
 	}
+	var runningDoms []ownedDomain
+	for _, doms := range byApp {
+		runningDoms = append(runningDoms, doms...)
+	}
+	errs = append(errs, s.checkSilence(ctx, runningDoms))
 	loads := s.opts.Sampler.SampleLoad(ctx, running)
 	samples := make([]appliance.ApplianceSample, 0, len(byApp))
 	s.loads = s.loads[:0]
@@ -238,7 +252,7 @@ func (s *Autoscaler) sample(ctx context.Context, d ownedDomain, load InstanceLoa
 		return appliance.InstanceSample{}, fmt.Errorf("size of %s: %w", d.Name, err)
 	}
 	in := appliance.InstanceSample{
-		Name: d.Name, Index: d.Owner.Index, Healthy: true, Draining: s.draining[d.Name],
+		Name: d.Name, Index: d.Owner.Index, Healthy: !s.recovering[d.UUID], Draining: s.draining[d.Name],
 		CPU: load.CPU, Sampled: load.Sampled, Flows: load.Flows, PPS: load.PPS,
 		AwaitingReturn: load.AwaitingReturn, ReturnLatency: load.ReturnLatency,
 	}

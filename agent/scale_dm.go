@@ -6,22 +6,39 @@ import (
 	"github.com/vsagent/vsagent/sourceroute"
 )
 
+// instanceMark is what the autoscaler has said about an appliance
+// instance beyond the guests' plans.
+type instanceMark struct {
+	draining  bool // no new flows; pinned ones stay
+	unhealthy bool // no flows at all: pinned ones fail over
+}
+
 // SetDraining marks an appliance instance (by domain UUID) as draining:
 // the engine gives it no new flows and leaves the flows pinned to it where
 // they are, so that scaling in never moves a live flow.
 func (d *DistributionManager) SetDraining(ctx context.Context, uuid string, draining bool) error {
+	return d.mark(ctx, uuid, func(m *instanceMark) { m.draining = draining })
+}
+
+// SetHealthy marks an appliance instance (by domain UUID) as unhealthy or
+// healthy again. An unhealthy instance's flows fail over to a healthy twin,
+// or meet the appliance's on_failure when there is none.
+func (d *DistributionManager) SetHealthy(ctx context.Context, uuid string, healthy bool) error {
+	return d.mark(ctx, uuid, func(m *instanceMark) { m.unhealthy = !healthy })
+}
+
+func (d *DistributionManager) mark(ctx context.Context, uuid string, set func(*instanceMark)) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.draining == nil {
-		d.draining = make(map[string]bool)
+	if d.marks == nil {
+		d.marks = make(map[string]instanceMark)
 	}
-	if draining {
-		d.draining[uuid] = true
-	} else {
-		delete(d.draining, uuid)
-	}
-	// Marks of instances that no guest uses any more are dropped here, so
-	// the set stays as small as the instances it describes.
+	m := d.marks[uuid]
+	set(&m)
+	d.marks[uuid] = m
+	// Marks of instances that no guest uses any more, and marks that say
+	// nothing, are dropped here, so the set stays as small as what it
+	// describes.
 	inUse := map[string]bool{}
 	for _, g := range d.guests {
 		for _, insts := range g.appliances {
@@ -30,9 +47,9 @@ func (d *DistributionManager) SetDraining(ctx context.Context, uuid string, drai
 			}
 		}
 	}
-	for id := range d.draining {
-		if !inUse[id] && id != uuid {
-			delete(d.draining, id)
+	for id, m := range d.marks {
+		if m == (instanceMark{}) || (!inUse[id] && id != uuid) {
+			delete(d.marks, id)
 		}
 	}
 	return d.syncLocked(ctx)

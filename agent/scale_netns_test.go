@@ -13,6 +13,10 @@ import (
 	"github.com/vsagent/vsagent/internal/vsafiltertest"
 )
 
+// flows is how many flows a round opens: enough that rendezvous hashing
+// puts some on each of two instances.
+const flows = 24
+
 const twinConfig = `
 [dataplane]
 return_timeout = "300ms"
@@ -81,12 +85,16 @@ func firstHops(l *dpLab) map[string]int {
 	return out
 }
 
-// TestTwinInstancesShareFailOverAndDrainInNamespaces runs two instances of
-// one appliance as vsafilter processes: the autoscaler adds the second,
-// new flows spread over both, a crashed instance's flows continue on its
-// twin, the autoscaler restarts it, and a draining instance keeps its
-// flows but gets no new one.
-func TestTwinInstancesShareFailOverAndDrainInNamespaces(t *testing.T) {
+// twinLab is a dpLab whose appliance ips has two instances, each a
+// vsafilter process; the second was added by the autoscaler.
+type twinLab struct {
+	*dpLab
+	web1, web2 *dpGuest
+	runs       map[string]*vsafiltertest.Run // by instance
+	step       func(cpu float64)             // one autoscaler poll, 10 s later
+}
+
+func newTwinLab(t *testing.T) *twinLab {
 	l := newDPLab(t)
 	for _, name := range []string{"vsa-ips-1", "vsa-ips-2"} {
 		ns := netnstest.New(t)
@@ -96,8 +104,9 @@ func TestTwinInstancesShareFailOverAndDrainInNamespaces(t *testing.T) {
 		l.links[name], l.applNS[name] = link, ns
 	}
 	l.host.AddBridge(t, "br0")
-	web1 := l.addGuest(t, "web-1", "br0", "10.9.0.1", 1)
-	web2 := l.addGuest(t, "web-2", "br0", "10.9.0.2", 2)
+	tl := &twinLab{dpLab: l, runs: map[string]*vsafiltertest.Run{}}
+	tl.web1 = l.addGuest(t, "web-1", "br0", "10.9.0.1", 1)
+	tl.web2 = l.addGuest(t, "web-2", "br0", "10.9.0.2", 2)
 	l.start(t, twinConfig)
 	l.defineGuest(t, "web-1", "br0")
 	l.defineGuest(t, "web-2", "br0")
@@ -109,8 +118,8 @@ func TestTwinInstancesShareFailOverAndDrainInNamespaces(t *testing.T) {
 	// guests are wired to both.
 	load := &scriptedLoad{}
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	scaler := NewAutoscaler(l.agent, AutoscalerOptions{Hypervisor: l.conn, Sampler: load, Drainer: l.dm, Now: func() time.Time { return now }})
-	step := func(cpu float64) {
+	scaler := NewAutoscaler(l.agent, AutoscalerOptions{Hypervisor: l.conn, Sampler: load, Drainer: l.dm, Health: l.dm, Now: func() time.Time { return now }})
+	tl.step = func(cpu float64) {
 		t.Helper()
 		now = now.Add(10 * time.Second)
 		load.set(cpu, nil)
@@ -118,28 +127,35 @@ func TestTwinInstancesShareFailOverAndDrainInNamespaces(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	step(95)
+	tl.step(95)
 	l.eventually("vsa-ips-2 in the DM's rules", func() bool {
 		_, ok := l.dm.Engine().Counters().Instances["vsa-ips-2"]
 		return ok && l.agent.Settled()
 	})
-	runs := map[string]*vsafiltertest.Run{}
 	for _, a := range l.agent.Appliances() {
 		ns := l.applNS[a.Name]
 		if _, err := ns.Exec(context.Background(), "ip", "link", "set", "dev", "eth0", "address", a.MACs[0]); err != nil {
 			t.Fatal(err)
 		}
-		runs[a.Name] = vsafiltertest.Start(t, context.Background(), ns, l.bin, a.Name, "eth0", "[output]\nstats_interval = \"0s\"\n")
+		tl.runs[a.Name] = vsafiltertest.Start(t, context.Background(), ns, l.bin, a.Name, "eth0", "[output]\nstats_interval = \"0s\"\n")
 	}
-	if len(runs) != 2 {
+	if len(tl.runs) != 2 {
 		t.Fatalf("appliance instances %v, want vsa-ips-1 and vsa-ips-2", l.agent.Appliances())
 	}
-
-	// Warm ARP up once: the first datagram waits for it.
-	if out, err := web1.ns.Exec(context.Background(), "ping", "-c", "1", "-W", "5", web2.ip); err != nil {
+	// Warm ARP up once: the first datagram would wait for it.
+	if out, err := tl.web1.ns.Exec(context.Background(), "ping", "-c", "1", "-W", "5", tl.web2.ip); err != nil {
 		t.Fatalf("ping through the chain: %v\n%s", err, out)
 	}
-	const flows = 24
+	return tl
+}
+
+// TestTwinInstancesShareFailOverAndDrainInNamespaces: new flows spread
+// over both instances, a crashed instance's flows continue on its twin,
+// the autoscaler restarts it, and a draining instance keeps its flows but
+// gets no new one.
+func TestTwinInstancesShareFailOverAndDrainInNamespaces(t *testing.T) {
+	tl := newTwinLab(t)
+	l, web1, web2, runs, step := tl.dpLab, tl.web1, tl.web2, tl.runs, tl.step
 	sent, got := sendRound(t, l, web1, web2, 7100, flows, "shared")
 	if !slices.Equal(sent, got) {
 		t.Fatalf("with two instances: sent %q, received %q", sent, got)
@@ -236,4 +252,77 @@ func mapValues(m map[string]string) []string {
 		out = append(out, v)
 	}
 	return out
+}
+
+// TestSilentInstanceFailsOverAndIsRecreatedInNamespaces: an instance that
+// libvirt calls running but that returns nothing (its vsafilter stopped)
+// is found by the autoscaler's health check from the DM's counters, its
+// flows fail over to the twin, it is recreated, and once it answers again
+// new flows use it.
+func TestSilentInstanceFailsOverAndIsRecreatedInNamespaces(t *testing.T) {
+	tl := newTwinLab(t)
+	l := tl.dpLab
+	tl.step(50) // the health check's baseline
+	if err := tl.runs["vsa-ips-2"].Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tl.runs["vsa-ips-2"].Signal(syscall.SIGCONT) })
+
+	// Flows start; those hashed to vsa-ips-2 vanish into it.
+	rx := udpListen(t, tl.web2, 7200)
+	tx := make([]*net.UDPConn, flows)
+	for i := range flows {
+		tx[i] = udpDial(t, tl.web1, tl.web2, 7200)
+		if _, err := tx[i].Write([]byte(fmt.Sprintf("into a hung appliance %02d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lost := flows - len(receiveAll(rx, flows, 2*time.Second))
+	if lost == 0 || firstHops(l)["vsa-ips-2"] == 0 {
+		t.Fatalf("no flow went to the hung vsa-ips-2 (%d lost, flows by instance %v, counters %+v)", lost, firstHops(l), l.dm.Engine().Counters().Instances)
+	}
+	l.eventually("return timeouts blamed on vsa-ips-2", func() bool {
+		return l.dm.Engine().Counters().Instances["vsa-ips-2"].Timeouts > 0
+	})
+	silent := time.Now()
+	tl.step(50)
+	if !l.hasEvent(EventApplianceSilent, "vsa-ips-2") || !l.hasEvent(EventApplianceRestart, "vsa-ips-2") {
+		evs, _ := l.agent.Events(0)
+		t.Fatalf("no appliance-silent and appliance-restarted events for vsa-ips-2: %+v", evs)
+	}
+	if l.hasEvent(EventApplianceSilent, "vsa-ips-1") {
+		t.Fatal("vsa-ips-1, which answered, was called silent")
+	}
+
+	// The same flows go on through vsa-ips-1.
+	l.eventually("no flow on vsa-ips-2", func() bool { return firstHops(l)["vsa-ips-2"] == 0 })
+	t.Logf("silence found to no flow on vsa-ips-2: %s", time.Since(silent))
+	var want []string
+	for i := range flows {
+		msg := fmt.Sprintf("after the failover %02d", i)
+		want = append(want, msg)
+		if _, err := tx[i].Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := receiveAll(rx, flows, 10*time.Second)
+	slices.Sort(got)
+	if !slices.Equal(want, got) {
+		t.Fatalf("the flows after the failover: sent %q, received %q", want, got)
+	}
+
+	// It answers again (as a recreated appliance would once booted); the
+	// next poll puts it back, and new flows use it.
+	if err := tl.runs["vsa-ips-2"].Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	l.eventually("agent settled", l.agent.Settled)
+	tl.step(50)
+	sent, got := sendRound(t, l, tl.web1, tl.web2, 7201, flows, "after the recovery")
+	if !slices.Equal(sent, got) {
+		t.Fatalf("after the recovery: sent %q, received %q", sent, got)
+	}
+	if firstHops(l)["vsa-ips-2"] == 0 {
+		t.Fatalf("flows by instance %v after the recovery: vsa-ips-2 gets none", firstHops(l))
+	}
 }
