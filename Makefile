@@ -19,7 +19,8 @@ LONGFUZZTIME ?= 5m
 DEB_PACKAGES := gcc pkg-config libvirt-dev libvirt0 libvirt-daemon \
                 libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
                 qemu-utils iproute2 iputils-ping busybox-static cpio gzip procps \
-                systemd
+                systemd \
+                debootstrap rpm groff-base
 
 MAINS := $(notdir $(wildcard cmd/*))
 
@@ -96,6 +97,24 @@ appliance-image: deps
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/vsagent ./cmd/vsagent
 	$(BIN)/vsagent image build -out $(IMAGE_DIR) -vsafilter $(BIN)/vsafilter
 	$(BIN)/vsagent image check $(IMAGE_DIR)
+
+# package builds $(PKG_DIR)/vsagent_VERSION_ARCH.deb and
+# vsagent-VERSION-1.ARCH.rpm (docs/packaging.md). The version is the release
+# tag on HEAD (vX.Y.Z), else the VERSION file; `make package VERSION=X.Y.Z`
+# overrides it. nfpm runs through `go run`, pinned in packaging/build.go.
+PKG_DIR ?= dist
+
+.PHONY: package test-packages
+package: deps
+	$(GO) run ./packaging/cmd/build-packages -out $(PKG_DIR) \
+	  $(if $(filter command line environment,$(origin VERSION)),-version $(VERSION))
+
+# test-packages runs only the package tests, which `make test` runs with the
+# others: manifests, install/upgrade/remove/purge of the .deb in a Debian 12
+# root (bootstrapped once into ~/.cache/vsagent-packaging), the .rpm's files
+# and scriptlets.
+test-packages: deps
+	$(GO) test $(GOTESTFLAGS) -v ./packaging/...
 
 clean:
 	rm -rf $(BIN) build dist
