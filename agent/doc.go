@@ -2,7 +2,9 @@
 // configuration into desired state (which guests need which appliance
 // chains), gates guests until their appliances run, reconciles appliance
 // domains, intercept and distribution-manager rules, and garbage-collects
-// what no guest needs any more.
+// what no guest needs any more. Its Autoscaler resizes, adds, drains and
+// deletes appliance instances by their load within the host budget, and
+// restarts instances that crashed or went silent (docs/elasticity.md).
 //
 // It works level-triggered: every work item re-reads the domain from libvirt,
 // so a lost event is harmless. It must never destroy, undefine or modify a
