@@ -77,13 +77,19 @@ func newDPLab(t *testing.T) *dpLab {
 	l.host.QuietIPv6(t)
 	l.bin = vsafiltertest.Build(t, "..")
 	for _, app := range []string{"ips", "fw"} {
-		ns := netnstest.New(t)
-		ns.QuietIPv6(t)
-		link := netnstest.UniqueName("a")
-		netnstest.Veth(t, netnstest.End{NS: ns, Name: "eth0", MTU: 1600}, netnstest.End{NS: l.host, Name: link, MTU: 1600})
-		l.links[app], l.applNS[app] = link, ns
+		l.addApplianceNS(t, app)
 	}
 	return l
+}
+
+// addApplianceNS makes a namespace for an appliance (or one instance of
+// it), linked to the host by a veth whose host end is its link.
+func (l *dpLab) addApplianceNS(t *testing.T, key string) {
+	ns := netnstest.New(t)
+	ns.QuietIPv6(t)
+	link := netnstest.UniqueName("a")
+	netnstest.Veth(t, netnstest.End{NS: ns, Name: "eth0", MTU: 1600}, netnstest.End{NS: l.host, Name: link, MTU: 1600})
+	l.links[key], l.applNS[key] = link, ns
 }
 
 // addGuest makes a guest namespace on bridge br of the host.

@@ -44,17 +44,7 @@ type ScalingHypervisor interface {
 }
 
 // InstanceLoad is one instance's load over the last poll interval.
-type InstanceLoad struct {
-	// CPU is the percentage of its vCPUs' time spent running; Sampled is
-	// false until two readings exist.
-	CPU     float64
-	Sampled bool
-	// The distribution manager's load on it.
-	Flows          int64
-	PPS            float64
-	AwaitingReturn uint64
-	ReturnLatency  time.Duration
-}
+type InstanceLoad = appliance.InstanceLoad
 
 // LoadSampler measures the load of running appliance instances, by
 // instance name. Instances it has no figure for are simply absent.
@@ -253,8 +243,7 @@ func (s *Autoscaler) sample(ctx context.Context, d ownedDomain, load InstanceLoa
 	}
 	in := appliance.InstanceSample{
 		Name: d.Name, Index: d.Owner.Index, Healthy: !s.recovering[d.UUID], Draining: s.draining[d.Name],
-		CPU: load.CPU, Sampled: load.Sampled, Flows: load.Flows, PPS: load.PPS,
-		AwaitingReturn: load.AwaitingReturn, ReturnLatency: load.ReturnLatency,
+		InstanceLoad: load,
 	}
 	if x.VCPU != nil {
 		in.VCPUs = int(x.VCPU.Value)

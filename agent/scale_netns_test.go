@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vsagent/vsagent/internal/netnstest"
 	"github.com/vsagent/vsagent/internal/vsafiltertest"
 )
 
@@ -98,11 +97,7 @@ type twinLab struct {
 func newTwinLab(t *testing.T) *twinLab {
 	l := newDPLab(t)
 	for _, name := range []string{"vsa-ips-1", "vsa-ips-2"} {
-		ns := netnstest.New(t)
-		ns.QuietIPv6(t)
-		link := netnstest.UniqueName("a")
-		netnstest.Veth(t, netnstest.End{NS: ns, Name: "eth0", MTU: 1600}, netnstest.End{NS: l.host, Name: link, MTU: 1600})
-		l.links[name], l.applNS[name] = link, ns
+		l.addApplianceNS(t, name)
 	}
 	l.host.AddBridge(t, "br0")
 	tl := &twinLab{dpLab: l, runs: map[string]*vsafiltertest.Run{}}

@@ -51,8 +51,17 @@ type InstanceSample struct {
 	// VCPUs and MemoryKiB are its current size.
 	VCPUs     int
 	MemoryKiB uint64
-	// CPU is the percentage of its vCPUs' time spent running over the last
-	// interval; Sampled is false until two CPU readings exist.
+	InstanceLoad
+	// Healthy false (stopped, crashed, silent) leaves it out of every
+	// decision but the budget: its resources are still reserved.
+	Healthy  bool
+	Draining bool
+}
+
+// InstanceLoad is an instance's load over the last poll interval.
+type InstanceLoad struct {
+	// CPU is the percentage of its vCPUs' time spent running; Sampled is
+	// false until two CPU readings exist.
 	CPU     float64
 	Sampled bool
 	// The DM's load on it: flows pinned to it, frames per second sent to
@@ -61,10 +70,6 @@ type InstanceSample struct {
 	PPS            float64
 	AwaitingReturn uint64
 	ReturnLatency  time.Duration
-	// Healthy false (stopped, crashed, silent) leaves it out of every
-	// decision but the budget: its resources are still reserved.
-	Healthy  bool
-	Draining bool
 }
 
 // Load is the instance's utilisation for the decision: the higher of its

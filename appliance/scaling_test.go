@@ -25,7 +25,7 @@ var (
 func inst(index, v int, cpu float64, mods ...func(*InstanceSample)) InstanceSample {
 	in := InstanceSample{
 		Name: InstanceName("ips", index), Index: index, VCPUs: v, MemoryKiB: memoryFor(testLimits, v),
-		CPU: cpu, Sampled: true, Healthy: true, Flows: 10,
+		InstanceLoad: InstanceLoad{CPU: cpu, Sampled: true, Flows: 10}, Healthy: true,
 	}
 	for _, m := range mods {
 		m(&in)
@@ -324,7 +324,7 @@ func (s *simulation) apply(t *testing.T, acts []ScaleAction) {
 		case ScaleOut:
 			s.next++
 			s.instances = append(s.instances, InstanceSample{Name: InstanceName("ips", s.next), Index: s.next,
-				VCPUs: a.VCPUs, MemoryKiB: a.MemoryKiB, Sampled: true, Healthy: true, Flows: 1})
+				VCPUs: a.VCPUs, MemoryKiB: a.MemoryKiB, InstanceLoad: InstanceLoad{Sampled: true, Flows: 1}, Healthy: true})
 		case ScaleDrain:
 			s.instances[i].Draining, s.instances[i].Flows = true, 0
 		case ScaleUndrain:
@@ -372,7 +372,7 @@ func checkScaling(t *testing.T, seed uint64, upper, lower uint8, maxV, maxI, hos
 	lim := ScalingLimits{VCPUs: 1, MaxVCPUs: 1 + int(maxV%8), MemoryKiB: 1 << 20, MaxInstances: 1 + int(maxI%4)}
 	lim.MaxMemoryKiB = lim.MemoryKiB * uint64(lim.MaxVCPUs)
 	sim := &simulation{cfg: cfg, lim: lim, host: HostResources{CPUs: 2 + int(hostCPUs%64), MemoryKiB: 64 << 20}, next: 1}
-	sim.instances = []InstanceSample{{Name: InstanceName("ips", 1), Index: 1, VCPUs: 1, MemoryKiB: 1 << 20, Sampled: true, Healthy: true, Flows: 1}}
+	sim.instances = []InstanceSample{{Name: InstanceName("ips", 1), Index: 1, VCPUs: 1, MemoryKiB: 1 << 20, InstanceLoad: InstanceLoad{Sampled: true, Flows: 1}, Healthy: true}}
 	steady := float64(work%4000) / 100 // 0..40 vCPUs of work
 	var st ScalingState
 	last := 0
