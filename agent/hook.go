@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"fmt"
+	"sync"
+	"time"
 
 	"github.com/vsagent/vsagent/intercept"
 	"github.com/vsagent/vsagent/internal/hookapi"
@@ -64,6 +66,49 @@ func (a *Agent) HookStart(ctx context.Context, g hookapi.Guest) error {
 	if err := dm.Hold(ctx, plan); err != nil {
 		return fmt.Errorf("hold %s in the dataplane: %w", g.Domain.Name, err)
 	}
+	hookStarts.Store(hookStartKey{a, g.Domain.UUID}, a.opts.Now())
 	a.recordEvent(Event{Kind: EventHookHeld, Guest: g.Domain.Name, Message: "interfaces drop every frame until the chain is ready"})
 	return nil
+}
+
+// hookStarts remembers, per agent and domain UUID, when the start hook held
+// a guest. Until libvirt reports the guest running, a reconcile sees it shut
+// off (a DEFINED event just before the start is enough) and would detach
+// it, reopening the window the hold closed. Kept outside Agent so that the
+// hook's bookkeeping stays in this file.
+var hookStarts sync.Map // hookStartKey → time.Time
+
+type hookStartKey struct {
+	a    *Agent
+	uuid string
+}
+
+// hookStartGrace bounds how long a hold may wait for libvirt to report the
+// guest running: QEMU starts in well under a second. A start that failed
+// leaves a hold on a tap that no longer exists, and a guest restarted into
+// the same state and stopped again within the grace keeps its hold and its
+// appliances; the first reconcile after the grace removes both.
+const hookStartGrace = 30 * time.Second
+
+// startingUnderHook reports whether uuid was held by the start hook and the
+// agent has not seen it running since, so that its hold must survive a
+// reconcile that finds it shut off.
+func (a *Agent) startingUnderHook(uuid string) bool {
+	key := hookStartKey{a, uuid}
+	v, ok := hookStarts.Load(key)
+	if !ok {
+		return false
+	}
+	held := v.(time.Time)
+	a.mu.Lock()
+	st, known := a.guests[uuid]
+	// A status that changed after the hold was written by a reconcile that
+	// saw the guest running: the start is over.
+	seen := known && st.Since.After(held)
+	a.mu.Unlock()
+	if seen || a.opts.Now().Sub(held) > hookStartGrace {
+		hookStarts.Delete(key)
+		return false
+	}
+	return true
 }

@@ -274,6 +274,9 @@ func (a *Agent) guestGone(ctx context.Context, uuid, why string) error {
 // dropNeeds removes a guest's dataplane wiring and its claim on appliances;
 // garbage collection then decides whether those appliances are still needed.
 func (a *Agent) dropNeeds(ctx context.Context, uuid string) error {
+	if a.startingUnderHook(uuid) {
+		return nil
+	}
 	if err := a.dp.Detach(ctx, uuid); err != nil {
 		return fmt.Errorf("detach dataplane of %s: %w", uuid, err)
 	}
