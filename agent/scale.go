@@ -246,10 +246,13 @@ func (s *Autoscaler) sample(ctx context.Context, d ownedDomain, load InstanceLoa
 		InstanceLoad: load,
 	}
 	if x.VCPU != nil {
-		in.VCPUs = int(x.VCPU.Value)
+		in.VCPUs, in.MaxVCPUs = int(x.VCPU.Value), int(x.VCPU.Value)
 		if x.VCPU.Current > 0 {
 			in.VCPUs = int(x.VCPU.Current)
 		}
+	}
+	if x.Memory != nil {
+		in.MaxMemoryKiB = kibOf(x.Memory.Value, x.Memory.Unit)
 	}
 	switch {
 	case x.CurrentMemory != nil:

@@ -48,14 +48,30 @@ type ScalingLimits struct {
 type InstanceSample struct {
 	Name  string
 	Index int
-	// VCPUs and MemoryKiB are its current size.
-	VCPUs     int
-	MemoryKiB uint64
+	// VCPUs and MemoryKiB are its current size; MaxVCPUs and MaxMemoryKiB,
+	// if set, the maxima its domain was defined with, which bind it when
+	// they are below the appliance's (the configuration was raised after
+	// the instance was made).
+	VCPUs        int
+	MemoryKiB    uint64
+	MaxVCPUs     int
+	MaxMemoryKiB uint64
 	InstanceLoad
 	// Healthy false (stopped, crashed, silent) leaves it out of every
 	// decision but the budget: its resources are still reserved.
 	Healthy  bool
 	Draining bool
+}
+
+// limits are the appliance's limits as far as this instance can go.
+func (s InstanceSample) limits(lim ScalingLimits) ScalingLimits {
+	if s.MaxVCPUs > 0 {
+		lim.MaxVCPUs = max(min(lim.MaxVCPUs, s.MaxVCPUs), lim.VCPUs)
+	}
+	if s.MaxMemoryKiB > 0 {
+		lim.MaxMemoryKiB = max(min(lim.MaxMemoryKiB, s.MaxMemoryKiB), lim.MemoryKiB)
+	}
+	return lim
 }
 
 // InstanceLoad is an instance's load over the last poll interval.
@@ -306,7 +322,6 @@ func appLoad(cfg ScalingConfig, active []InstanceSample) (load, work float64, ca
 }
 
 func (a *applianceScaling) grow(cfg ScalingConfig, b *budget, app ApplianceSample, active, draining []InstanceSample, load float64, now time.Time) *ScaleAction {
-	lim := app.Limits
 	// A draining duplicate is capacity that is already paid for.
 	if len(draining) > 0 {
 		in := slices.MinFunc(draining, func(x, y InstanceSample) int { return x.Index - y.Index })
@@ -318,14 +333,16 @@ func (a *applianceScaling) grow(cfg ScalingConfig, b *budget, app ApplianceSampl
 	var target *InstanceSample
 	for i := range active {
 		in := &active[i]
-		if in.VCPUs >= lim.MaxVCPUs && in.MemoryKiB >= lim.MaxMemoryKiB {
+		if lim := in.limits(app.Limits); in.VCPUs >= lim.MaxVCPUs && in.MemoryKiB >= lim.MaxMemoryKiB {
 			continue
 		}
 		if target == nil || in.Load(cfg) > target.Load(cfg) {
 			target = in
 		}
 	}
+	lim := app.Limits
 	if target != nil {
+		lim := target.limits(lim)
 		v := min(target.VCPUs+1, lim.MaxVCPUs)
 		mem := max(target.MemoryKiB, memoryFor(lim, v))
 		if b.allows(v-target.VCPUs, mem-target.MemoryKiB) {

@@ -37,6 +37,10 @@ func draining(flows int64) func(*InstanceSample) {
 	return func(in *InstanceSample) { in.Draining, in.Flows = true, flows }
 }
 
+func definedMax(v int, kib uint64) func(*InstanceSample) {
+	return func(in *InstanceSample) { in.MaxVCPUs, in.MaxMemoryKiB = v, kib }
+}
+
 func unhealthy(in *InstanceSample) { in.Healthy = false }
 func unsampled(in *InstanceSample) { in.Sampled = false }
 func latency(d time.Duration) func(*InstanceSample) {
@@ -113,6 +117,20 @@ func TestDecideScaling(t *testing.T) {
 			polls: []poll{
 				{0, []InstanceSample{inst(1, 3, 90)}, nil, nil},
 				{30 * time.Second, []InstanceSample{inst(1, 3, 90)}, []string{"scale-out  1 1048576"}, nil},
+			},
+		},
+		{
+			name: "an instance defined with lower maxima than the configuration's stops at its own",
+			polls: []poll{
+				{0, []InstanceSample{inst(1, 2, 90, definedMax(2, 2<<20))}, nil, nil},
+				{30 * time.Second, []InstanceSample{inst(1, 2, 90, definedMax(2, 2<<20))}, []string{"scale-out  1 1048576"}, nil},
+			},
+		},
+		{
+			name: "an instance defined with higher maxima than the configuration's stops at the configuration's",
+			polls: []poll{
+				{0, []InstanceSample{inst(1, 3, 90, definedMax(8, 8<<20))}, nil, nil},
+				{30 * time.Second, []InstanceSample{inst(1, 3, 90, definedMax(8, 8<<20))}, []string{"scale-out  1 1048576"}, nil},
 			},
 		},
 		{
