@@ -2,8 +2,6 @@ package agent
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -22,26 +20,10 @@ func TestRealLibvirtdGateAndReconnect(t *testing.T) {
 	lab := libvirtlab.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	img, err := libvirtlab.GuestImage(ctx, "")
-	if err != nil {
-		t.Fatalf("guest image: %v", err)
-	}
 
 	// One template serves both appliances: the tiny lab image, one NIC.
 	dir := t.TempDir()
-	tmpl, err := libvirtlab.GuestDomain("template", img, libvirtlab.GuestOptions{
-		Interfaces: []libvirtlab.GuestInterface{{Type: "ethernet"}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmplXML, err := tmpl.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "appliance.xml"), []byte(tmplXML), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	img := writeLabTemplate(ctx, t, dir, nil)
 	cfg, err := config.Parse("vsagent.toml", []byte(`
 [[appliance]]
 name = "fw"
