@@ -160,8 +160,14 @@ func (s *Autoscaler) Step(ctx context.Context) error {
 		if !needed[d.Owner.Appliance] {
 			continue // garbage collection's, not ours
 		}
-		if d.State != hypervisor.StateRunning {
+		switch d.State {
+		case hypervisor.StateRunning:
+		case hypervisor.StateShutoff, hypervisor.StateCrashed:
 			errs = append(errs, s.restart(ctx, d))
+			continue
+		default:
+			// Paused (provisioning resumes it), shutting down, blocked
+			// on I/O, suspended by its guest: not ours to judge or act on.
 			continue
 		}
 		byApp[d.Owner.Appliance] = append(byApp[d.Owner.Appliance], d)
@@ -279,10 +285,17 @@ func kibOf(v uint, unit string) uint64 {
 // crashed. Its twins carry its flows meanwhile; without one, its guests
 // are gated by their reconcile until it runs.
 func (s *Autoscaler) restart(ctx context.Context, d ownedDomain) error {
-	if d.State == hypervisor.StatePaused || s.draining[d.Name] {
-		return nil // paused: provisioning's business; draining: about to go
+	if s.draining[d.Name] {
+		return nil // about to go anyway
 	}
 	s.a.recordEvent(Event{Kind: EventApplianceFailed, Appliance: d.Name, Message: "state " + d.State.String()})
+	if d.State == hypervisor.StateCrashed {
+		// A crashed domain kept for inspection is still active: it has to
+		// be destroyed before it can start again.
+		if err := s.a.hv.Destroy(ctx, d.UUID); err != nil {
+			return fmt.Errorf("restart %s: %w", d.Name, err)
+		}
+	}
 	if err := s.a.hv.Start(ctx, d.UUID); err != nil {
 		return fmt.Errorf("restart %s: %w", d.Name, err)
 	}

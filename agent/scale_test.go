@@ -231,3 +231,20 @@ func TestAutoscalerRestartsAFailedInstance(t *testing.T) {
 		t.Fatalf("events (-want +got):\n%s", diff)
 	}
 }
+
+func TestAutoscalerLeavesPausedInstancesAlone(t *testing.T) {
+	l := newScaleLab(t, "100")
+	ips := l.byName("vsa-ips-1")
+	l.stop() // the agent's reconcile would resume it; the autoscaler must not
+	if err := l.conn.Suspend(context.Background(), ips.UUID); err != nil {
+		t.Fatal(err)
+	}
+	l.poll(0, 95, nil)
+	l.poll(time.Minute, 95, nil)
+	if st := l.state(ips.UUID); st != hypervisor.StatePaused {
+		t.Fatalf("vsa-ips-1 is %s, want still paused", st)
+	}
+	if got := l.scaleEvents(); len(got) != 0 {
+		t.Fatalf("events for a paused instance: %v", got)
+	}
+}
