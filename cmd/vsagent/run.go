@@ -133,6 +133,12 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config) error {
 	ag = agent.New(hv, cfg, agent.Options{Logger: d.log, Heartbeat: d.heartbeat.Beat, Dataplane: dm})
 	runErr := make(chan error, 1)
 	go func() { runErr <- ag.Run(ctx) }()
+	go func() {
+		scaler := agent.NewAutoscaler(ag, agent.AutoscalerOptions{Hypervisor: hv, Drainer: dm, Health: dm})
+		if err := scaler.Run(ctx); err != nil && ctx.Err() == nil {
+			d.log.Error("autoscaler stopped", "error", err)
+		}
+	}()
 	// The control socket and metrics come up before the first resync ends,
 	// so `vsactl status` can say "starting" on a host with many domains.
 	if err := d.serveOperators(ctx, cfg, ag, hv, dataplaneOps{dm.Engine()}); err != nil {
