@@ -232,10 +232,7 @@ func newHookHost(t *testing.T, ctx context.Context, hookBin string) *hookHost {
 	}
 	h.lab = libvirtlab.NewWith(t, libvirtlab.Options{Hooks: hooks})
 	labPath := filepath.Join("/var/run/netns", h.lab.NetNS)
-	img, err := libvirtlab.GuestImage(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	writeLabTemplate(ctx, t, h.dir, nil)
 
 	if _, err := h.lab.Exec(ctx, "sh", "-c", "ip link add br0 type bridge && ip link set br0 up"); err != nil {
 		t.Fatal(err)
@@ -254,17 +251,6 @@ func newHookHost(t *testing.T, ctx context.Context, hookBin string) *hookHost {
 	hostIP(t, "-n", h.fwNS.Name(), "link", "set", "eth0", "up")
 	h.atPeer = countFrames(t, peer, "eth0", guestMAC, denyPort)
 
-	tmpl, err := libvirtlab.GuestDomain("template", img, libvirtlab.GuestOptions{Interfaces: []libvirtlab.GuestInterface{{Type: "ethernet"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmplXML, err := tmpl.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(h.dir, "appliance.xml"), []byte(tmplXML), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	cfgText := fmt.Sprintf(`
 [agent]
 socket = %q
