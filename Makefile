@@ -44,7 +44,7 @@ deps:
 	@$(GO) mod download
 
 # STATIC_MAINS run inside appliance VMs or on hosts without libvirt: no cgo.
-STATIC_MAINS := vsafilter vsactl
+STATIC_MAINS := vsafilter vsactl vsagent-hook
 
 build: deps
 	@mkdir -p $(BIN)

@@ -306,6 +306,10 @@ func TestAskUnreachable(t *testing.T) {
 	go func() {
 		c, err := ln.Accept()
 		if err == nil {
+			// Read what the client sends before answering, as a real server
+			// would: closing first races the client's write (broken pipe).
+			_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			_, _ = c.Read(make([]byte, 64<<10))
 			c.Write([]byte("HTTP/1.1 400 Bad Request\r\n\r\n"))
 			c.Close()
 		}
