@@ -39,6 +39,9 @@ deps:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+	@# The appliance and guest images fetch a Debian kernel with apt-get
+	@# download, which needs package lists even when nothing was missing.
+	@ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || apt-get update -qq
 	@getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu 2>/dev/null || true
 	@getent passwd libvirt-qemu >/dev/null || useradd -r -g libvirt-qemu -s /usr/sbin/nologin libvirt-qemu 2>/dev/null || true
 	@$(GO) mod download
