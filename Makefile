@@ -68,11 +68,25 @@ test: deps build vet
 
 FUZZ_TARGETS = $(shell grep -rl --include='*_test.go' '^func Fuzz' . | xargs -r dirname | sort -u)
 
+# Each target fuzzes for FUZZTIME. Go 1.26's fuzz coordinator can report a
+# bare "context deadline exceeded" when -fuzztime expires while a worker is
+# mid-input (go.dev/issue/75804, fixed in Go 1.27); such a run found nothing
+# and wrote no reproducer, so it is retried once and then tolerated. Any
+# other failure, or a written failing input, fails the build.
 fuzz-short:
-	@for d in $(FUZZ_TARGETS); do \
+	@log=$$(mktemp); trap 'rm -f $$log' EXIT; \
+	for d in $(FUZZ_TARGETS); do \
 	  for f in $$(grep -h '^func Fuzz' $$d/*_test.go | sed 's/func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
-	    echo "fuzz $$d $$f ($(FUZZTIME))"; \
-	    $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$d || exit 1; \
+	    for try in 1 2; do \
+	      echo "fuzz $$d $$f ($(FUZZTIME))"; \
+	      if $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$d >$$log 2>&1; then cat $$log; break; fi; \
+	      cat $$log; \
+	      if grep -q 'context deadline exceeded' $$log && ! grep -qE 'Failing input written|panic:|_test\.go:[0-9]+:' $$log; then \
+	        if [ $$try = 1 ]; then echo "fuzz $$d $$f: fuzz-time deadline race without a finding; retrying once"; continue; fi; \
+	        echo "fuzz $$d $$f: deadline race again without a finding; tolerated (go.dev/issue/75804)"; break; \
+	      fi; \
+	      exit 1; \
+	    done; \
 	  done; \
 	done
 
