@@ -326,10 +326,17 @@ func realDemo(ctx context.Context, w io.Writer, imageDir, template string) (err 
 	fmt.Fprintln(w, "vsagent demo: real QEMU guests and appliance VMs on a private libvirtd (Ctrl-C stops and cleans up)")
 	fmt.Fprintln(w, "policy \"protected\": guests named demo-* go through ips → fw; ips denies telnet (TCP 23), fw drops the EICAR test string")
 	fmt.Fprintln(w)
+	kernel, initrd := filepath.Join(abs(imageDir), vmimage.KernelFile), filepath.Join(abs(imageDir), vmimage.InitrdFile)
+	n.say("checking whether appliance VMs boot under KVM on this host (a short probe boot, cached beside the image)…")
+	virt, err := e2elab.DomainType(ctx, kernel, initrd)
+	if err != nil {
+		return err
+	}
+	n.say("appliance VMs run as type=%q: %s", virt.DomainType, virt.Reason)
 	n.say("starting a private libvirtd in its own network and mount namespaces, a bridge br0, and vsagent…")
 	lab, err := e2elab.Start(ctx, e2elab.Options{
 		Dir: dir, Template: abs(template), GuestPrefix: "demo",
-		Kernel: filepath.Join(abs(imageDir), vmimage.KernelFile), Initrd: filepath.Join(abs(imageDir), vmimage.InitrdFile),
+		Kernel: kernel, Initrd: initrd, DomainType: virt.DomainType,
 	})
 	if err != nil {
 		return err

@@ -41,9 +41,15 @@ func TestEndToEnd(t *testing.T) {
 	img := buildApplianceImage(ctx, t)
 	timer.done("appliance image built")
 
+	virt, err := e2elab.DomainType(ctx, img.Kernel, img.Initrd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("appliance domain type %q: %s", virt.DomainType, virt.Reason)
+	timer.done("KVM probe")
 	lab, err := e2elab.Start(ctx, e2elab.Options{
 		Dir: dir, Template: "../../testdata/templates/vsa-header.xml",
-		Kernel: img.Kernel, Initrd: img.Initrd, GuestPrefix: "web",
+		Kernel: img.Kernel, Initrd: img.Initrd, GuestPrefix: "web", DomainType: virt.DomainType,
 	})
 	if errors.Is(err, libvirtlab.ErrUnavailable) {
 		t.Skipf("skipping: %v", err)

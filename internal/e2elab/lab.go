@@ -63,6 +63,9 @@ type Options struct {
 	Template string
 	// Kernel and Initrd are the appliance image (vsagent image build).
 	Kernel, Initrd string
+	// DomainType, if set, replaces the template's domain type: "kvm" on
+	// hosts where KVM boots guests (see DomainType), else "qemu".
+	DomainType string
 	// GuestPrefix names the guests the policy protects: PREFIX-*.
 	GuestPrefix string
 	// Logger receives the agent's and the DM's logs; nil discards them.
@@ -149,6 +152,9 @@ func writeConfig(opts Options, uri string) (*config.Config, error) {
 			return nil, fmt.Errorf("e2elab: template %s: %w", opts.Template, err)
 		}
 		dom.OS.Kernel, dom.OS.Initrd = opts.Kernel, opts.Initrd
+		if opts.DomainType != "" {
+			dom.Type = opts.DomainType
+		}
 		// Counters every 2s instead of 10s: the lab's story is short.
 		if dom.OS.Cmdline, err = vmimage.Cmdline(vmimage.CmdlineOptions{Rules: []byte(rules), StatsInterval: 2 * time.Second}); err != nil {
 			return nil, fmt.Errorf("e2elab: %s rules: %w", name, err)
