@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -366,8 +367,8 @@ func TestApplianceDomainBuiltFromTemplate(t *testing.T) {
 		t.Fatalf("interfaces = %+v", x.Devices)
 	}
 	mac := x.Devices.Interfaces[0].MAC.Address
-	if !strings.HasPrefix(mac, "02:") && mac[1] != '2' && mac[1] != '6' && mac[1] != 'a' && mac[1] != 'e' {
-		t.Errorf("MAC %s is not locally administered", mac)
+	if hw, err := net.ParseMAC(mac); err != nil || hw[0]&0x02 == 0 || hw[0]&0x01 != 0 {
+		t.Errorf("MAC %s is not a locally administered unicast address (%v)", mac, err)
 	}
 	owner, ok := appliance.OwnerOf(x)
 	if !ok {
@@ -474,9 +475,6 @@ func TestForeignDomainsAreNeverTouched(t *testing.T) {
 		t.Errorf("foreign domains changed: %s", h.describe())
 	}
 	// The impostor held the name vsa-fw-1, so the real instance got the next.
-	if got := h.agent.events; got == nil {
-		t.Fatal("no event log")
-	}
 	evs, _ := h.agent.Events(0)
 	var defined []string
 	for _, e := range evs {

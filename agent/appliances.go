@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -98,13 +99,7 @@ func (c *ownershipCache) all() []ownedDomain {
 		out = append(out, *d)
 	}
 	slices.SortFunc(out, func(x, y ownedDomain) int {
-		if x.Owner.Appliance != y.Owner.Appliance {
-			if x.Owner.Appliance < y.Owner.Appliance {
-				return -1
-			}
-			return 1
-		}
-		return x.Owner.Index - y.Owner.Index
+		return cmp.Or(cmp.Compare(x.Owner.Appliance, y.Owner.Appliance), cmp.Compare(x.Owner.Index, y.Owner.Index))
 	})
 	return out
 }
@@ -156,9 +151,8 @@ func (a *Agent) scanAppliances(ctx context.Context) ([]hypervisor.Domain, error)
 		return nil, fmt.Errorf("list domains: %w", err)
 	}
 	for _, d := range doms {
-		if od, ok := a.owned.lookup(d.UUID); ok {
+		if _, ok := a.owned.lookup(d.UUID); ok {
 			a.owned.setDetails(d.UUID, nil, d.State)
-			_ = od
 			continue
 		}
 		if a.owned.isForeign(d.UUID) {

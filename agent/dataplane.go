@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 
 	"libvirt.org/go/libvirtxml"
@@ -320,19 +321,9 @@ func (d *DistributionManager) snapshotLocked() sourceroute.Snapshot {
 			}
 		}
 	}
-	slices.SortFunc(snap.Guests, func(a, b sourceroute.GuestRule) int { return cmpString(a.Name, b.Name) })
-	slices.SortFunc(snap.Appliances, func(a, b sourceroute.ApplianceRule) int { return cmpString(a.Instance, b.Instance) })
+	slices.SortFunc(snap.Guests, func(a, b sourceroute.GuestRule) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(snap.Appliances, func(a, b sourceroute.ApplianceRule) int { return strings.Compare(a.Instance, b.Instance) })
 	return snap
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func macOf(hw net.HardwareAddr) sourceroute.MAC {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -140,15 +141,7 @@ func (a *Agent) Guests() []GuestInfo {
 			Chain: slices.Clone(st.Chain), Reason: st.Reason, LastError: st.LastError, Since: st.Since,
 		})
 	}
-	slices.SortFunc(out, func(x, y GuestInfo) int {
-		switch {
-		case x.Name < y.Name:
-			return -1
-		case x.Name > y.Name:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(x, y GuestInfo) int { return strings.Compare(x.Name, y.Name) })
 	return out
 }
 
