@@ -202,12 +202,11 @@ func (d *DistributionManager) syncLocked(ctx context.Context) error {
 			}
 		}
 	}
-	snap := d.snapshotLocked()
+	snap, errs := d.snapshotLocked(ctx)
 	// The engine first: it must know every guest before frames arrive.
 	if err := d.engine.Update(ctx, snap); err != nil {
-		return fmt.Errorf("dataplane update: %w", err)
+		return errors.Join(append(errs, fmt.Errorf("dataplane update: %w", err))...)
 	}
-	var errs []error
 	for _, g := range d.guests {
 		want := g.policy != nil || g.held || slices.ContainsFunc(g.ifaces, func(i intercept.Iface) bool { return managedNets[i.Source] })
 		if !g.checked {
@@ -276,18 +275,30 @@ func (d *DistributionManager) revert(ctx context.Context, g *dmGuest) error {
 	return nil
 }
 
-func (d *DistributionManager) snapshotLocked() sourceroute.Snapshot {
+// snapshotLocked builds the engine's desired state. An interface whose
+// delivery the backend cannot tell is left out, with the error: the engine
+// then does not know its frames and drops them (fail closed).
+func (d *DistributionManager) snapshotLocked(ctx context.Context) (sourceroute.Snapshot, []error) {
 	var snap sourceroute.Snapshot
+	var errs []error
 	seen := map[string]bool{}
 	cfg := d.cfg.Config
 	for _, g := range d.guests {
 		rule := sourceroute.GuestRule{Name: g.name, Ready: !g.held, Policy: policyRule(g.policy)}
 		for _, ifc := range g.ifaces {
-			if ifc.MAC == nil || ifc.Target == "" {
+			if ifc.MAC == nil {
 				continue
 			}
+			dl, err := intercept.DeliveryOf(ctx, d.cfg.Backend, ifc, d.cfg.RedirectPort)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("delivery to %s of %s: %w", ifc, g.name, err))
+				continue
+			}
+			if dl.Port == "" {
+				continue // not running: no netdev yet
+			}
 			rule.Interfaces = append(rule.Interfaces, sourceroute.GuestInterface{
-				MAC: macOf(ifc.MAC), Port: ifc.Target, Network: ifc.Source,
+				MAC: macOf(ifc.MAC), Port: dl.Port, Dedicated: dl.Dedicated, Network: ifc.Source,
 			})
 		}
 		snap.Guests = append(snap.Guests, rule)
@@ -323,7 +334,7 @@ func (d *DistributionManager) snapshotLocked() sourceroute.Snapshot {
 	}
 	slices.SortFunc(snap.Guests, func(a, b sourceroute.GuestRule) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortFunc(snap.Appliances, func(a, b sourceroute.ApplianceRule) int { return strings.Compare(a.Instance, b.Instance) })
-	return snap
+	return snap, errs
 }
 
 func macOf(hw net.HardwareAddr) sourceroute.MAC {

@@ -55,6 +55,40 @@ type Backend interface {
 	Stale(ctx context.Context, keep []Iface) ([]Iface, error)
 }
 
+// Delivery is how the distribution manager reaches an interface that a
+// backend diverted, and how it tells that interface's frames apart from
+// other guests' on a shared port.
+type Delivery struct {
+	// Port is the DM's link for frames to the interface: the guest's tap for
+	// tc-redirect, a VF representor for switchdev, the DM's own end of the
+	// parent for a macvtap in VEPA mode, the DM's VF for sriov-vlan.
+	Port string
+	// Dedicated means the interface's frames arrive on Port itself, not on
+	// the DM's intercept port.
+	Dedicated bool
+	// VLAN is the 802.1Q tag the interface's frames carry on Port, in both
+	// directions; 0 means untagged.
+	VLAN uint16
+}
+
+// Deliverer is implemented by backends whose diverted interfaces the DM
+// does not reach through the interface's own host netdev (Iface.Target).
+type Deliverer interface {
+	// Delivery says how the DM reaches ifc once it is diverted to port
+	// (the port Apply is given). It may be called before Apply, and must
+	// then say what Apply will set up.
+	Delivery(ctx context.Context, ifc Iface, port string) (Delivery, error)
+}
+
+// DeliveryOf asks b how the DM reaches ifc; backends that are not a
+// Deliverer deliver to the interface's own netdev.
+func DeliveryOf(ctx context.Context, b Backend, ifc Iface, port string) (Delivery, error) {
+	if d, ok := b.(Deliverer); ok {
+		return d.Delivery(ctx, ifc, port)
+	}
+	return Delivery{Port: ifc.Target}, nil
+}
+
 // Deps are what the backends need from the outside world.
 type Deps struct {
 	Logger *slog.Logger
