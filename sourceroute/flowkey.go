@@ -363,11 +363,7 @@ func (k *FlowKey) canonical() (c FlowKey, reversed bool) {
 // stores, which stalls store forwarding. Half of all packets are replies,
 // so whether to swap is unpredictable: it is done with masks, not a branch.
 func (k *FlowKey) canonicalInto(c *FlowKey) (reversed bool) {
-	reversed = k.reversedIsSmaller()
-	var swap uint32
-	if reversed {
-		swap = ^uint32(0)
-	}
+	swap := k.reverseMask()
 	w, cw := &k.w, &c.w
 	for i := range 4 {
 		x := (w[keyWordA+i] ^ w[keyWordB+i]) & swap
@@ -379,17 +375,29 @@ func (k *FlowKey) canonicalInto(c *FlowKey) (reversed bool) {
 	cw[keyWordPorts] = ports ^ (ports^bits.RotateLeft32(ports, 16))&swapPorts
 	cw[keyWordMeta] = w[keyWordMeta]
 	cw[keyWordVLAN] = w[keyWordVLAN]
-	return reversed
+	return swap != 0
 }
 
-func (k *FlowKey) reversedIsSmaller() bool {
+func (k *FlowKey) reversedIsSmaller() bool { return k.reverseMask() != 0 }
+
+// reverseMask is all ones if the reversed key orders first, else zero. The
+// addresses compare as two 128-bit numbers, words in order from the most
+// significant, through the borrow of a subtraction: whether a packet is a
+// reply is a coin toss, and a compare-and-branch per word would mispredict
+// on half of them.
+func (k *FlowKey) reverseMask() uint32 {
 	w := &k.w
-	for i := range 4 {
-		if a, b := w[keyWordA+i], w[keyWordB+i]; a != b {
-			return a > b
+	ahi, alo := uint64(w[keyWordA])<<32|uint64(w[keyWordA+1]), uint64(w[keyWordA+2])<<32|uint64(w[keyWordA+3])
+	bhi, blo := uint64(w[keyWordB])<<32|uint64(w[keyWordB+1]), uint64(w[keyWordB+2])<<32|uint64(w[keyWordB+3])
+	if (ahi^bhi)|(alo^blo) == 0 { // the same address at both ends: rare, so predictable
+		if w[keyWordMeta]&kindPorts != 0 && w[keyWordPorts]>>16 > w[keyWordPorts]&0xffff {
+			return ^uint32(0)
 		}
+		return 0
 	}
-	return w[keyWordMeta]&kindPorts != 0 && w[keyWordPorts]>>16 > w[keyWordPorts]&0xffff
+	_, borrow := bits.Sub64(blo, alo, 0)
+	_, borrow = bits.Sub64(bhi, ahi, borrow) // 1 if B < A
+	return -uint32(borrow)
 }
 
 // Kind says which fields are meaningful.

@@ -17,14 +17,17 @@ import (
 //
 // Layout. Each shard is one flat array of fixed 52-byte slots (the 44-byte
 // key with the verdict and the direction bit in its spare bits, the
-// caller's handle and a last-seen tick) searched by
-// linear probing from a home slot chosen by the hash. There are no Go
-// pointers per flow, so the garbage collector never scans the table, and a
-// lookup reads one or two adjacent cache lines in the common case. Deletion
-// shifts the following entries back instead of leaving tombstones, so probe
-// sequences stay short however much the table churns. The arrays are
-// allocated once, for the configured capacity at a load of at most
-// maxLoadNum/maxLoadDen: about 61 bytes per flow of capacity.
+// caller's handle and a last-seen tick) searched by linear probing from a
+// home slot chosen by the hash, and beside it one tag byte per slot, eight
+// to a word, in the manner of SwissTable's control bytes: a probe tests
+// eight slots' tags with a few word operations and reads only the slots
+// whose tag matches, so a hit usually reads one slot however long its
+// cluster. There are no Go pointers per flow, so the garbage collector
+// never scans the table. Deletion shifts the following entries back
+// instead of leaving tombstones, so probe sequences stay short however much
+// the table churns. The arrays are allocated once, for the configured
+// capacity at a load of at most maxLoadNum/maxLoadDen: about 62.5 bytes
+// per flow of capacity.
 //
 // Concurrency. Each shard has a mutex for writers and a sequence counter for
 // readers (a seqlock): a lookup reads without writing shared memory except
@@ -160,7 +163,7 @@ const (
 	verdictMask  = 0xff << verdictShift
 
 	// Linear probing stays at a few probes per hit up to this load;
-	// 52 bytes / 0.85 keeps the whole table near 61 bytes per flow.
+	// 53 bytes / 0.85 keeps the whole table near 62.5 bytes per flow.
 	maxLoadNum = 85
 	maxLoadDen = 100
 
@@ -190,6 +193,13 @@ type flowShard struct {
 	seq   atomic.Uint32 // odd while a writer changes slots
 	mu    sync.Mutex    // serialises writers
 	slots []slot
+	// tags hold one byte per slot, eight slots to a word: 0 for an empty
+	// slot, else tagBit and seven bits of the flow's hash. A probe tests a
+	// whole group of eight slots with a few word operations and compares
+	// the full key only of slots whose tag matches, so a hit costs one key
+	// comparison however long the cluster, and the tags of a small table
+	// stay in L1.
+	tags  []uint64
 	limit int // most flows this shard may hold, whatever the table's total
 	count int // flows held, under mu
 	_     [64]byte
@@ -249,18 +259,22 @@ func NewFlowTable(cfg FlowTableConfig) (*FlowTable, error) {
 		onRemove:   cfg.OnRemove,
 	}
 	share := (cfg.Capacity + shards - 1) / shards
-	n := max((share*maxLoadDen+maxLoadNum-1)/maxLoadNum, share+1)
+	least := max((share*maxLoadDen+maxLoadNum-1)/maxLoadNum, share+1)
+	n := (least + groupSlots - 1) &^ (groupSlots - 1) // whole tag groups
 	if bytes := n * slotBytes; bytes > largeAlloc {
 		// The runtime hands out large objects in whole pages: use the rest
 		// of the last page for slots, which lowers the load for free.
-		n = (bytes + runtimePage - 1) / runtimePage * runtimePage / slotBytes
+		n = (bytes + runtimePage - 1) / runtimePage * runtimePage / slotBytes &^ (groupSlots - 1)
 	}
 	limit := max(share, min(n-1, n*maxShardLoadPct/100))
 	// One allocation for all shards, so that huge pages can span them.
 	backing := make([]slot, n*shards)
 	adviseHugePages(backing)
+	g := n / groupSlots
+	tags := make([]uint64, g*shards)
 	for i := range t.shards {
 		t.shards[i].slots = backing[i*n : (i+1)*n : (i+1)*n]
+		t.shards[i].tags = tags[i*g : (i+1)*g : (i+1)*g]
 		t.shards[i].limit = limit
 	}
 	return t, nil
@@ -324,10 +338,44 @@ func (t *FlowTable) hash(k *FlowKey) uint64 {
 	return mum(a^b^hashP3, c^s)
 }
 
-func (t *FlowTable) locate(k *FlowKey) (*flowShard, uint32) {
+func (t *FlowTable) locate(k *FlowKey) (*flowShard, probe) {
 	h := t.hash(k)
 	sh := &t.shards[h>>t.shardShift]
-	return sh, sh.home(h)
+	return sh, probe{home: sh.home(h), tag: tagOf(h)}
+}
+
+// probe is where a key's search starts and the tag it looks for.
+type probe struct {
+	home uint32
+	tag  uint8
+}
+
+// Tag groups: a tag is tagBit and hash bits 32..38, which neither the home
+// slot (the low 32 bits) nor the shard (the top bits) uses.
+const (
+	groupSlots = 8
+	tagBit     = 0x80
+	lowBytes   = 0x0101010101010101
+	highBits   = 0x8080808080808080
+)
+
+func tagOf(h uint64) uint8 { return tagBit | uint8(h>>32)&^tagBit }
+
+// zeroBytes has the high bit set in exactly the bytes of x that are zero
+// (no borrow crosses bytes, so there are no false positives).
+func zeroBytes(x uint64) uint64 {
+	const low7 = ^uint64(highBits)
+	return ^(x&low7 + low7 | x) & highBits
+}
+
+func (sh *flowShard) setTag(i uint32, tag uint8) {
+	w := &sh.tags[i/groupSlots]
+	shift := i % groupSlots * 8
+	atomic.StoreUint64(w, atomic.LoadUint64(w)&^(0xff<<shift)|uint64(tag)<<shift)
+}
+
+func (sh *flowShard) tagAt(i uint32) uint8 {
+	return uint8(atomic.LoadUint64(&sh.tags[i/groupSlots]) >> (i % groupSlots * 8))
 }
 
 // home maps the hash's low 32 bits onto the slot array without a division.
@@ -353,37 +401,55 @@ func (sh *flowShard) keyAt(i uint32) FlowKey {
 
 func occupied(s *slot) bool { return atomic.LoadUint32(&s[keyWordMeta])&kindMask != 0 }
 
-// find probes for k from home. Under the seqlock the slots may be changing;
-// the loop is bounded by the array and the caller validates the result.
-// Each slot is compared whole, with one branch for the match.
-func (sh *flowShard) find(k *FlowKey, home uint32) (uint32, bool) {
-	n := uint32(len(sh.slots))
-	i := home
-	for range n {
-		s := &sh.slots[i]
-		meta := atomic.LoadUint32(&s[keyWordMeta])
-		diff := (meta&^metaReversed ^ k.w[keyWordMeta]) |
-			(atomic.LoadUint32(&s[keyWordPorts]) ^ k.w[keyWordPorts]) |
-			(atomic.LoadUint32(&s[0]) ^ k.w[0]) |
-			(atomic.LoadUint32(&s[1]) ^ k.w[1]) |
-			(atomic.LoadUint32(&s[2]) ^ k.w[2]) |
-			(atomic.LoadUint32(&s[3]) ^ k.w[3]) |
-			(atomic.LoadUint32(&s[4]) ^ k.w[4]) |
-			(atomic.LoadUint32(&s[5]) ^ k.w[5]) |
-			(atomic.LoadUint32(&s[6]) ^ k.w[6]) |
-			(atomic.LoadUint32(&s[7]) ^ k.w[7]) |
-			(atomic.LoadUint32(&s[keyWordVLAN])&vlanMask ^ k.w[keyWordVLAN])
-		if diff == 0 {
-			return i, true
+// find probes for k from p.home, a group of eight slots at a time, in the
+// order of linear probing: the slots of the first group before home are
+// not part of the sequence, and it ends at the first empty slot. Under the
+// seqlock the slots may be changing; the loop is bounded by the array and
+// the caller validates the result.
+func (sh *flowShard) find(k *FlowKey, p probe) (uint32, bool) {
+	groups := uint32(len(sh.tags))
+	g := p.home / groupSlots
+	valid := ^uint64(0) << (p.home % groupSlots * 8)
+	want := uint64(p.tag) * lowBytes
+	for range groups + 1 {
+		word := atomic.LoadUint64(&sh.tags[g])
+		empty := ^word & highBits & valid
+		match := zeroBytes(word^want) & valid
+		if empty != 0 {
+			match &= empty&-empty - 1 // only slots before the first empty one
 		}
-		if meta&kindMask == 0 {
+		for ; match != 0; match &= match - 1 {
+			i := g*groupSlots + uint32(bits.TrailingZeros64(match))/8
+			if sh.equal(i, k) {
+				return i, true
+			}
+		}
+		if empty != 0 {
 			return 0, false
 		}
-		if i++; i == n {
-			i = 0
+		if g++; g == groups {
+			g = 0
 		}
+		valid = ^uint64(0)
 	}
 	return 0, false
+}
+
+// equal compares slot i's key with k, whole, with one branch.
+func (sh *flowShard) equal(i uint32, k *FlowKey) bool {
+	s := &sh.slots[i]
+	diff := (atomic.LoadUint32(&s[keyWordMeta])&^metaReversed ^ k.w[keyWordMeta]) |
+		(atomic.LoadUint32(&s[keyWordPorts]) ^ k.w[keyWordPorts]) |
+		(atomic.LoadUint32(&s[0]) ^ k.w[0]) |
+		(atomic.LoadUint32(&s[1]) ^ k.w[1]) |
+		(atomic.LoadUint32(&s[2]) ^ k.w[2]) |
+		(atomic.LoadUint32(&s[3]) ^ k.w[3]) |
+		(atomic.LoadUint32(&s[4]) ^ k.w[4]) |
+		(atomic.LoadUint32(&s[5]) ^ k.w[5]) |
+		(atomic.LoadUint32(&s[6]) ^ k.w[6]) |
+		(atomic.LoadUint32(&s[7]) ^ k.w[7]) |
+		(atomic.LoadUint32(&s[keyWordVLAN])&vlanMask ^ k.w[keyWordVLAN])
+	return diff == 0
 }
 
 // FlowWorker is one forwarding goroutine's handle on the table. It is not
@@ -407,7 +473,7 @@ const lookupBatch = 32
 type batchScratch struct {
 	canon    [lookupBatch]FlowKey
 	reversed [lookupBatch]bool
-	home     [lookupBatch]uint32
+	probe    [lookupBatch]probe
 	shard    [lookupBatch]*flowShard
 }
 
@@ -443,8 +509,8 @@ func (w *FlowWorker) count(hit bool) {
 func (w *FlowWorker) Lookup(key *FlowKey, nowNanos int64) (FlowValue, Direction, bool) {
 	var c FlowKey
 	reversed := key.canonicalInto(&c)
-	sh, home := w.t.locate(&c)
-	v, d, ok := sh.lookup(&c, home, reversed, tick(nowNanos))
+	sh, p := w.t.locate(&c)
+	v, d, ok := sh.lookup(&c, p, reversed, tick(nowNanos))
 	w.count(ok)
 	return v, d, ok
 }
@@ -466,19 +532,21 @@ func (w *FlowWorker) LookupBatch(keys []FlowKey, nowNanos int64, out []FlowResul
 		chunk := keys[start:min(start+lookupBatch, len(keys))]
 		for i := range chunk {
 			b.reversed[i] = chunk[i].canonicalInto(&b.canon[i])
-			b.shard[i], b.home[i] = w.t.locate(&b.canon[i])
+			b.shard[i], b.probe[i] = w.t.locate(&b.canon[i])
 		}
 		// A slot may straddle two cache lines, and about half the hits
 		// are found in a later slot: touch the home slot's first word and
-		// the next slot's last, which spans what most probes read.
+		// the next slot's last, which spans what most probes read, and
+		// the home slot's tag group.
 		touch := uint32(0)
 		for i := range chunk {
-			sh, h := b.shard[i], b.home[i]
-			touch ^= atomic.LoadUint32(&sh.slots[h][0]) ^ atomic.LoadUint32(&sh.slots[next(h, uint32(len(sh.slots)))][slotWords-1])
+			sh, h := b.shard[i], b.probe[i].home
+			touch ^= atomic.LoadUint32(&sh.slots[h][0]) ^ atomic.LoadUint32(&sh.slots[next(h, uint32(len(sh.slots)))][slotWords-1]) ^
+				uint32(atomic.LoadUint64(&sh.tags[h/groupSlots]))
 		}
 		w.touched ^= touch
 		for i := range chunk {
-			v, d, ok := b.shard[i].lookup(&b.canon[i], b.home[i], b.reversed[i], now)
+			v, d, ok := b.shard[i].lookup(&b.canon[i], b.probe[i], b.reversed[i], now)
 			out[start+i] = FlowResult{Value: v, Dir: d, Found: ok}
 			w.count(ok)
 			if ok {
@@ -496,17 +564,17 @@ func (w *FlowWorker) LookupBatch(keys []FlowKey, nowNanos int64, out []FlowResul
 func (w *FlowWorker) LookupOrInsert(key *FlowKey, nowNanos int64, decide PolicyFunc) (FlowValue, Direction, error) {
 	var c FlowKey
 	reversed := key.canonicalInto(&c)
-	sh, home := w.t.locate(&c)
+	sh, p := w.t.locate(&c)
 	now := tick(nowNanos)
-	if v, d, ok := sh.lookup(&c, home, reversed, now); ok {
+	if v, d, ok := sh.lookup(&c, p, reversed, now); ok {
 		w.count(true)
 		return v, d, nil
 	}
 	w.count(false)
-	return w.t.insert(sh, &c, home, reversed, now, key, decide)
+	return w.t.insert(sh, &c, p, reversed, now, key, decide)
 }
 
-func (sh *flowShard) lookup(c *FlowKey, home uint32, reversed bool, now uint32) (FlowValue, Direction, bool) {
+func (sh *flowShard) lookup(c *FlowKey, p probe, reversed bool, now uint32) (FlowValue, Direction, bool) {
 	for spins := 0; ; spins++ {
 		seq := sh.seq.Load()
 		if seq&1 != 0 {
@@ -515,7 +583,7 @@ func (sh *flowShard) lookup(c *FlowKey, home uint32, reversed bool, now uint32) 
 			}
 			continue
 		}
-		i, found := sh.find(c, home)
+		i, found := sh.find(c, p)
 		var meta, vlan, handle, seen uint32
 		if found {
 			s := &sh.slots[i]
@@ -555,10 +623,10 @@ func direction(meta uint32, reversed bool) Direction {
 	return Forward
 }
 
-func (t *FlowTable) insert(sh *flowShard, c *FlowKey, home uint32, reversed bool, now uint32, asSeen *FlowKey, decide PolicyFunc) (FlowValue, Direction, error) {
+func (t *FlowTable) insert(sh *flowShard, c *FlowKey, p probe, reversed bool, now uint32, asSeen *FlowKey, decide PolicyFunc) (FlowValue, Direction, error) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if i, ok := sh.find(c, home); ok { // another worker created it meanwhile
+	if i, ok := sh.find(c, p); ok { // another worker created it meanwhile
 		s := &sh.slots[i]
 		return valueOf(atomic.LoadUint32(&s[keyWordVLAN]), atomic.LoadUint32(&s[slotWordHdl])),
 			direction(atomic.LoadUint32(&s[keyWordMeta]), reversed), nil
@@ -571,7 +639,7 @@ func (t *FlowTable) insert(sh *flowShard, c *FlowKey, home uint32, reversed bool
 	overCapacity := t.flows.Add(1) > int64(t.capacity)
 	i, reuse := uint32(0), false
 	if (overCapacity || sh.count >= sh.limit) && sh.count > 0 {
-		victim, inRun, why := t.chooseVictim(sh, home, now)
+		victim, inRun, why := t.chooseVictim(sh, p.home, now)
 		if inRun {
 			t.forget(sh, victim, why, now)
 			i, reuse = victim, true
@@ -580,7 +648,7 @@ func (t *FlowTable) insert(sh *flowShard, c *FlowKey, home uint32, reversed bool
 		}
 	}
 	if !reuse {
-		for i = home; occupied(&sh.slots[i]); i = next(i, uint32(len(sh.slots))) {
+		for i = p.home; occupied(&sh.slots[i]); i = next(i, uint32(len(sh.slots))) {
 		}
 	}
 	meta := c.w[keyWordMeta]
@@ -596,6 +664,7 @@ func (t *FlowTable) insert(sh *flowShard, c *FlowKey, home uint32, reversed bool
 	atomic.StoreUint32(&s[keyWordVLAN], c.w[keyWordVLAN]|uint32(v.Verdict)<<verdictShift)
 	atomic.StoreUint32(&s[slotWordHdl], v.Handle)
 	atomic.StoreUint32(&s[slotWordSeen], now)
+	sh.setTag(i, p.tag)
 	sh.seq.Add(1)
 	sh.count++
 	t.inserts.Add(1)
@@ -670,10 +739,12 @@ func (t *FlowTable) removeAt(sh *flowShard, i uint32, why RemoveReason, now uint
 			for w := range slotWords {
 				atomic.StoreUint32(&sh.slots[hole][w], atomic.LoadUint32(&sh.slots[j][w]))
 			}
+			sh.setTag(hole, sh.tagAt(j))
 			hole = j
 		}
 	}
 	atomic.StoreUint32(&sh.slots[hole][keyWordMeta], 0)
+	sh.setTag(hole, 0)
 	sh.seq.Add(1)
 }
 
@@ -702,10 +773,10 @@ func (sh *flowShard) flowAt(i uint32, now uint32) Flow {
 // existed.
 func (t *FlowTable) Delete(key *FlowKey) bool {
 	c, _ := key.canonical()
-	sh, home := t.locate(&c)
+	sh, p := t.locate(&c)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	i, ok := sh.find(&c, home)
+	i, ok := sh.find(&c, p)
 	if ok {
 		t.removeAt(sh, i, RemovedDeleted, atomic.LoadUint32(&sh.slots[i][slotWordSeen]))
 	}

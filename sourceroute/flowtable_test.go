@@ -246,6 +246,7 @@ func TestFlowTableAgainstModel(t *testing.T) {
 					if ft.Len() != len(model) {
 						t.Fatalf("step %d: Len %d, model %d", step, ft.Len(), len(model))
 					}
+					checkTags(t, ft)
 					for c, v := range model {
 						if got, _, ok := w.Lookup(&c, 0); !ok || got != v {
 							t.Fatalf("step %d: lost flow %v (got %v %v)", step, c, got, ok)
@@ -574,6 +575,39 @@ func TestFlowTableZeroAllocs(t *testing.T) {
 	for _, op := range ops {
 		if a := testing.AllocsPerRun(200, op.fn); a != 0 {
 			t.Errorf("%s: %v allocs per packet", op.name, a)
+		}
+	}
+}
+
+// checkTags verifies the tag of every slot: zero when empty, else the tag of
+// the hash of the key the slot holds. A stale tag would hide a flow.
+func checkTags(t *testing.T, ft *FlowTable) {
+	t.Helper()
+	for si := range ft.shards {
+		sh := &ft.shards[si]
+		for i := range uint32(len(sh.slots)) {
+			want := uint8(0)
+			if occupied(&sh.slots[i]) {
+				k := sh.keyAt(i)
+				want = tagOf(ft.hash(&k))
+			}
+			if got := sh.tagAt(i); got != want {
+				t.Fatalf("shard %d slot %d: tag %#x, want %#x", si, i, got, want)
+			}
+		}
+	}
+}
+
+func TestZeroBytes(t *testing.T) {
+	for _, tc := range []struct{ x, want uint64 }{
+		{0, highBits},
+		{^uint64(0), 0},
+		{0x0100ff0080007f01, 0x0080008000800000},
+		{0x8000000000000080, 0x0080808080808000},
+		{0x0101010101010101, 0},
+	} {
+		if got := zeroBytes(tc.x); got != tc.want {
+			t.Errorf("zeroBytes(%#016x) = %#016x, want %#016x", tc.x, got, tc.want)
 		}
 	}
 }
