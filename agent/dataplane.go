@@ -298,7 +298,7 @@ func (d *DistributionManager) snapshotLocked(ctx context.Context) (sourceroute.S
 				continue // not running: no netdev yet
 			}
 			rule.Interfaces = append(rule.Interfaces, sourceroute.GuestInterface{
-				MAC: macOf(ifc.MAC), Port: dl.Port, Dedicated: dl.Dedicated, Network: ifc.Source,
+				MAC: macOf(ifc.MAC), Port: dl.Port, Dedicated: dl.Dedicated, VLAN: dl.VLAN, Network: ifc.Source,
 			})
 		}
 		snap.Guests = append(snap.Guests, rule)

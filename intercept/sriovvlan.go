@@ -34,7 +34,8 @@ func InterceptVLAN(vfIndex int) (int, error) {
 // and delivers it to no VF but the DM's, which is trusted, promiscuous, has
 // no port VLAN and does not check source MACs (it sends on the guests'
 // behalf). The DM strips the tag of what it receives and tags what it
-// delivers to a guest. Both VFs must belong to the same PF.
+// delivers to a guest (Delivery.VLAN, sourceroute.GuestInterface.VLAN).
+// Both VFs must belong to the same PF.
 //
 // The settings it changes are recorded in the guest's metadata
 // (SRIOVNamespace) before it changes them; the DM VF's original settings
@@ -133,6 +134,23 @@ func (b *sriovVLAN) resolve(ifc Iface, port string) (sriov.PF, sriov.VF, sriov.V
 	}
 	pf, err := b.host.PF(vf.PF)
 	return pf, vf, dm, err
+}
+
+// Delivery says that the DM reaches a diverted guest through its own VF
+// (port), with the guest VF's intercept VLAN on every frame both ways: the
+// NIC tags what the guest sends and strips the tag of what it delivers to
+// the guest's VF. The DM's VF carries every diverted guest, so it is no
+// dedicated port. The VLAN follows from the VF index alone, so the answer
+// holds before Apply and for a guest that is not running.
+func (b *sriovVLAN) Delivery(_ context.Context, ifc Iface, port string) (Delivery, error) {
+	_, vf, _, err := b.resolve(ifc, port)
+	if err == nil {
+		var vlan int
+		if vlan, err = InterceptVLAN(vf.Index); err == nil {
+			return Delivery{Port: port, VLAN: uint16(vlan)}, nil
+		}
+	}
+	return Delivery{}, fmt.Errorf("intercept: delivery to %s: %w", ifc, err)
 }
 
 func (b *sriovVLAN) Apply(ctx context.Context, ifc Iface, port string) error {

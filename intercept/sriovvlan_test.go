@@ -487,3 +487,36 @@ func FuzzParseVLANRecords(f *testing.F) {
 		}
 	})
 }
+
+// TestSRIOVVLANDelivery: the DM reaches every diverted guest through its own
+// VF, tagged with the guest VF's intercept VLAN; the answer needs no Apply,
+// no running guest and no VF call.
+func TestSRIOVVLANDelivery(t *testing.T) {
+	ctx := context.Background()
+	f := newVLANFixture(t)
+	a, b := f.dom.iface(t, uuidA), f.dom.iface(t, uuidB)
+	f.dom.setRunning(uuidB, false)
+	for _, tt := range []struct {
+		name string
+		ifc  Iface
+		port string
+		want Delivery
+		err  error
+	}{
+		{"hostdev VF 2", a, dmVFPort, Delivery{Port: dmVFPort, VLAN: 3802}, nil},
+		{"direct on VF 1, guest stopped", b, dmVFPort, Delivery{Port: dmVFPort, VLAN: 3801}, nil},
+		{"no DM port", a, "", Delivery{}, ErrNoInterface},
+		{"a bridge interface", Iface{GuestUUID: uuidA, Type: TypeBridge, Source: "br0", MAC: a.MAC}, dmVFPort, Delivery{}, ErrUnsupported},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := DeliveryOf(ctx, f.b, tt.ifc, tt.port)
+			if !errors.Is(err, tt.err) || (tt.err != nil) != (err != nil) {
+				t.Fatalf("DeliveryOf: %v, want %v", err, tt.err)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("DeliveryOf (-want +got):\n%s", diff)
+			}
+		})
+	}
+	f.checkCalls(t, "Delivery", nil)
+}

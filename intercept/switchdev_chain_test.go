@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -50,6 +51,64 @@ func udpFrame(src, dst sourceroute.MAC, sip, dip string, sport, dport uint16, pa
 	return append(append(append(b, ip...), udp...), payload...)
 }
 
+// startChainAppliances links two vsafilter processes to host, ips (MAC
+// chainIPS) on v-ips and fw (chainFW) on v-fw, fw with fwRules, and starts
+// them. The links carry the guests' MTU plus a header's worth.
+func startChainAppliances(t *testing.T, ctx context.Context, bin string, host, ipsNS, fwNS *netnstest.NS, fwRules string) (ips, fw *vsafiltertest.Run) {
+	t.Helper()
+	for _, l := range []struct {
+		ns   *netnstest.NS
+		port string
+		mac  sourceroute.MAC
+	}{{ipsNS, "v-ips", chainIPS}, {fwNS, "v-fw", chainFW}} {
+		netnstest.Veth(t, netnstest.End{NS: l.ns, Name: "eth0", MAC: l.mac[:], MTU: 1600}, netnstest.End{NS: host, Name: l.port, MTU: 1600})
+	}
+	const quiet = "[output]\nstats_interval = \"0s\"\n"
+	return vsafiltertest.Start(t, ctx, ipsNS, bin, "ips", "eth0", quiet),
+		vsafiltertest.Start(t, ctx, fwNS, bin, "fw", "eth0", fwRules+quiet)
+}
+
+// startChainDM runs a DM on AF_PACKET sockets in host with guests and the
+// appliances of startChainAppliances. stop ends it (also at cleanup).
+func startChainDM(t *testing.T, ctx context.Context, host *netnstest.NS, guests ...sourceroute.GuestRule) (e *sourceroute.Engine, stop func()) {
+	t.Helper()
+	e, err := sourceroute.NewEngine(sourceroute.Config{Self: chainDM, ReturnTimeout: 10 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Open: func(name string) (sourceroute.Port, error) {
+			s, err := openSocket(host, name)
+			if err != nil {
+				return nil, err
+			}
+			return s, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	if err := e.Update(ctx, sourceroute.Snapshot{Guests: guests,
+		Appliances: []sourceroute.ApplianceRule{
+			{Appliance: "ips", Instance: "ips-1", MAC: chainIPS, Port: "v-ips", Healthy: true},
+			{Appliance: "fw", Instance: "fw-1", MAC: chainFW, Port: "v-fw", Healthy: true},
+		},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stopRun := context.WithCancel(ctx)
+	runDone := make(chan error, 1)
+	go func() { runDone <- e.Run(runCtx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			stopRun()
+			if err := <-runDone; err != nil {
+				t.Errorf("DM Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return e, stop
+}
+
 // openSocket opens an AF_PACKET socket (the DM's production port type) on
 // name inside ns; it stays in ns whichever goroutine uses it.
 func openSocket(ns *netnstest.NS, name string) (*afpacket.Socket, error) {
@@ -90,17 +149,7 @@ func TestSwitchdevChainOnSimulatedNIC(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Appliance links carry the guests' MTU plus a header's worth.
-	for _, l := range []struct {
-		ns   *netnstest.NS
-		port string
-		mac  sourceroute.MAC
-	}{{ipsNS, "v-ips", chainIPS}, {fwNS, "v-fw", chainFW}} {
-		netnstest.Veth(t, netnstest.End{NS: l.ns, Name: "eth0", MAC: l.mac[:], MTU: 1600}, netnstest.End{NS: host, Name: l.port, MTU: 1600})
-	}
-	const quiet = "[output]\nstats_interval = \"0s\"\n"
-	ips := vsafiltertest.Start(t, ctx, ipsNS, bin, "ips", "eth0", quiet)
-	fw := vsafiltertest.Start(t, ctx, fwNS, bin, "fw", "eth0", quiet)
+	ips, fw := startChainAppliances(t, ctx, bin, host, ipsNS, fwNS, "")
 	forwarded := func(v *vsafiltertest.Run) uint64 { return v.Counters(t).Appliance.Forwarded }
 
 	aSock, err := openSocket(aNS, "eth0")
@@ -194,41 +243,10 @@ func TestSwitchdevChainOnSimulatedNIC(t *testing.T) {
 		ports[ifc.GuestName] = port
 	}
 
-	e, err := sourceroute.NewEngine(sourceroute.Config{Self: chainDM, ReturnTimeout: 10 * time.Second,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Open: func(name string) (sourceroute.Port, error) {
-			s, err := openSocket(host, name)
-			if err != nil {
-				return nil, err
-			}
-			return s, nil
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
-	if err := e.Update(ctx, sourceroute.Snapshot{
-		Guests: []sourceroute.GuestRule{
-			{Name: "a", Ready: true, Policy: &sourceroute.PolicyRule{Name: "protected", Chain: []string{"ips", "fw"}, Symmetric: true},
-				Interfaces: []sourceroute.GuestInterface{{MAC: guestA, Port: ports["a"], Dedicated: true}}},
-			{Name: "b", Ready: true, Interfaces: []sourceroute.GuestInterface{{MAC: guestB, Port: ports["b"], Dedicated: true}}},
-		},
-		Appliances: []sourceroute.ApplianceRule{
-			{Appliance: "ips", Instance: "ips-1", MAC: chainIPS, Port: "v-ips", Healthy: true},
-			{Appliance: "fw", Instance: "fw-1", MAC: chainFW, Port: "v-fw", Healthy: true},
-		},
-	}); err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stopRun := context.WithCancel(ctx)
-	runDone := make(chan error, 1)
-	go func() { runDone <- e.Run(runCtx) }()
-	stopDM := func() {
-		stopRun()
-		if err := <-runDone; err != nil {
-			t.Errorf("DM Run: %v", err)
-		}
-	}
+	e, stopDM := startChainDM(t, ctx, host,
+		sourceroute.GuestRule{Name: "a", Ready: true, Policy: &sourceroute.PolicyRule{Name: "protected", Chain: []string{"ips", "fw"}, Symmetric: true},
+			Interfaces: []sourceroute.GuestInterface{{MAC: guestA, Port: ports["a"], Dedicated: true}}},
+		sourceroute.GuestRule{Name: "b", Ready: true, Interfaces: []sourceroute.GuestInterface{{MAC: guestB, Port: ports["b"], Dedicated: true}}})
 
 	settle("diverted")
 	ips1, fw1 := forwarded(ips), forwarded(fw)

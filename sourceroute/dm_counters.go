@@ -28,6 +28,7 @@ const (
 	DropNoticed                  // dropped by an appliance that sent a drop notice
 	DropUnexpected               // from an appliance, but not something it should send
 	DropTxError                  // the port refused it
+	DropForeignVLAN              // on a port of tagged guest interfaces, a VLAN (or none) that is no interface's there
 	NumDropReasons               // keep last
 )
 
@@ -48,6 +49,7 @@ var dropReasonNames = [NumDropReasons]string{
 	DropNoticed:       "notice",
 	DropUnexpected:    "unexpected",
 	DropTxError:       "tx_error",
+	DropForeignVLAN:   "foreign_vlan",
 }
 
 func (r DropReason) String() string { return label(dropReasonNames[:], r) }

@@ -44,6 +44,11 @@ type GuestInterface struct {
 	// intercept port. The DM then reads Port and accepts there only frames
 	// whose source is this interface's MAC.
 	Dedicated bool
+	// VLAN is the 802.1Q tag the interface's frames carry on Port, in both
+	// directions (a port VLAN of the NIC's switch); 0 means untagged. The
+	// DM then reads Port, pops the tag of what arrives and pushes it on
+	// what it delivers (see dm_vlan.go).
+	VLAN uint16
 }
 
 // PolicyRule is what a managed guest's traffic goes through.
@@ -226,6 +231,7 @@ func (e *Engine) validate(s *Snapshot) error {
 			networks[gi.Network] = true
 			iwho := fmt.Sprintf("%s interface %d", who, j)
 			claimMAC(gi.MAC, iwho)
+			validateVLAN(&p, iwho, gi)
 			if gi.Dedicated {
 				claimPort(gi.Port, "a dedicated port of "+iwho, iwho)
 			} else {

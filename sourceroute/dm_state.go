@@ -52,6 +52,7 @@ type endpoint struct {
 	zone      uint16
 	remote    bool
 	dedicated bool
+	vlan      uint16       // GuestInterface.VLAN
 	liveGen   uint64       // the last update whose state has it; under Engine.updateMu
 	flows     atomic.Int64 // flows that end here, until their entries are reclaimed
 }
@@ -120,19 +121,22 @@ const (
 	rxUplink
 	rxGuest // a dedicated guest port
 	rxHeader
-	rxWire // either port of a wire appliance
+	rxWire  // either port of a wire appliance
+	rxTrunk // a port of tagged guest interfaces only
 )
 
 type rxRole struct {
-	kind rxKind
-	ep   *endpoint
-	inst *instanceObj
+	kind  rxKind
+	ep    *endpoint
+	inst  *instanceObj
+	vlans *vlanSet // the VLANs of the port's tagged guest interfaces, or nil
 }
 
-// floodTarget is one delivery port of a network and the guest interfaces
-// behind it.
+// floodTarget is one delivery port (and VLAN) of a network and the guest
+// interfaces behind it.
 type floodTarget struct {
 	port *openPort
+	vlan uint16
 	eps  []*endpoint
 }
 
@@ -317,7 +321,7 @@ func (e *Engine) build(s *Snapshot, old *state) (*state, *changes, error) {
 		ports := make([]*openPort, len(rule.Interfaces))
 		complete := true
 		for i, gi := range rule.Interfaces {
-			if ports[i] = port(gi.Port, gi.Dedicated); ports[i] == nil {
+			if ports[i] = port(gi.Port, gi.Dedicated || gi.VLAN != 0); ports[i] == nil {
 				complete = false
 			}
 		}
@@ -456,7 +460,7 @@ func (e *Engine) newGuest(rule GuestRule, ready bool, ports []*openPort, zoneOf 
 			symmetric: p.Symmetric, onTimeout: p.OnTimeout, blockFor: int64(p.BlockFor)}
 	}
 	for i, gi := range rule.Interfaces {
-		g.ifaces = append(g.ifaces, &endpoint{guest: g, mac: gi.MAC, port: ports[i], zone: zoneOf(gi.Network), dedicated: gi.Dedicated})
+		g.ifaces = append(g.ifaces, &endpoint{guest: g, mac: gi.MAC, port: ports[i], zone: zoneOf(gi.Network), dedicated: gi.Dedicated, vlan: gi.VLAN})
 	}
 	return g
 }
@@ -490,17 +494,18 @@ func (e *Engine) fillRoles(ns *state) {
 			targets := byZone[ep.zone]
 			found := false
 			for i := range targets {
-				if targets[i].port == ep.port {
+				if targets[i].port == ep.port && targets[i].vlan == ep.vlan {
 					targets[i].eps = append(targets[i].eps, ep)
 					found = true
 				}
 			}
 			if !found {
-				targets = append(targets, floodTarget{port: ep.port, eps: []*endpoint{ep}})
+				targets = append(targets, floodTarget{port: ep.port, vlan: ep.vlan, eps: []*endpoint{ep}})
 			}
 			byZone[ep.zone] = targets
 		}
 	}
+	fillVLANRoles(ns)
 	for z, targets := range byZone {
 		ns.flood[z] = targets
 		ns.floodAll = append(ns.floodAll, targets...)

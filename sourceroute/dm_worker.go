@@ -42,6 +42,7 @@ type flowCtx struct {
 type txQueue struct {
 	port          *openPort
 	heads, bodies [][]byte
+	tags          tagHeads // by position in the queue
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -170,11 +171,15 @@ func (w *worker) prepare(st *state) {
 		w.pub.Store(w.c)
 	}
 	for len(w.tx) < st.portSlots {
-		w.tx = append(w.tx, txQueue{heads: make([][]byte, 0, w.e.cfg.BatchSize), bodies: make([][]byte, 0, w.e.cfg.BatchSize)})
+		w.tx = append(w.tx, txQueue{heads: make([][]byte, 0, w.e.cfg.BatchSize), bodies: make([][]byte, 0, w.e.cfg.BatchSize),
+			tags: make(tagHeads, w.e.cfg.BatchSize)})
 	}
 }
 
 func (w *worker) handle(st *state, role rxRole, frame []byte, now int64) {
+	if role.vlans != nil && w.fromTagged(st, role.vlans, frame, now) {
+		return
+	}
 	switch role.kind {
 	case rxIntercept:
 		w.fromGuest(st, nil, frame, now)
@@ -186,6 +191,8 @@ func (w *worker) handle(st *state, role rxRole, frame []byte, now int64) {
 		w.fromHeaderAppliance(st, role.inst, frame, now)
 	case rxWire:
 		w.fromWire(st, role.inst, frame, now)
+	case rxTrunk:
+		w.fromTrunk(frame)
 	default:
 		w.drop(nil, DropUnexpected)
 	}
@@ -207,7 +214,7 @@ func (w *worker) fromGuest(st *state, dedicated *endpoint, frame []byte, now int
 	case src == nil:
 		w.drop(nil, DropUnknownSource)
 		return
-	case dedicated == nil && src.dedicated:
+	case dedicated == nil && (src.dedicated || src.vlan != 0):
 		w.drop(src.guest, DropSpoofedSource)
 		return
 	}
@@ -269,10 +276,10 @@ func (w *worker) fromUplink(st *state, frame []byte, now int64) {
 func (w *worker) flood(st *state, src *endpoint, frame []byte, targets []floodTarget, toUplink bool) {
 	for i := range targets {
 		t := &targets[i]
-		if t.port == src.port || !allReady(t.eps) {
+		if t.port == src.port && t.vlan == src.vlan || !allReady(t.eps) {
 			continue
 		}
-		w.queue(t.port, nil, frame)
+		w.queueTagged(t.port, t.vlan, frame)
 		for _, ep := range t.eps {
 			gc := &w.c.guests[ep.guest.slot]
 			gc[gFramesIn].add(1)
@@ -411,7 +418,7 @@ func (fe *flowEntry) owner(d Direction) *guestObj {
 }
 
 func (w *worker) deliver(ep *endpoint, frame []byte) {
-	w.queue(ep.port, nil, frame)
+	w.queueTagged(ep.port, ep.vlan, frame)
 	if g := ep.guest; g != nil {
 		gc := &w.c.guests[g.slot]
 		gc[gFramesIn].add(1)
