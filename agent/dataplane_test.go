@@ -54,6 +54,9 @@ type dpLab struct {
 	applNS   map[string]*netnstest.NS // appliance or instance → its namespace
 	dm       *DistributionManager
 	bin      string
+	// devices is the libvirt connection the intercept backend works
+	// through: the test driver, plus hot-plug (see liveDevices).
+	devices *liveDevices
 }
 
 type dpGuest struct {
@@ -74,6 +77,7 @@ func newDPLab(t *testing.T) *dpLab {
 		applNS:  map[string]*netnstest.NS{},
 	}
 	l.hostPath = filepath.Join("/var/run/netns", l.host.Name())
+	l.devices = &liveDevices{Conn: l.conn, plug: l.mirrorMacvtap}
 	l.host.QuietIPv6(t)
 	l.bin = vsafiltertest.Build(t, "..")
 	for _, app := range []string{"ips", "fw"} {
@@ -114,7 +118,8 @@ func (l *dpLab) start(t *testing.T, cfgText string) (stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	backend, err := intercept.New(intercept.BackendTCRedirect, intercept.Deps{NetNS: l.hostPath, Logger: quietLogger()})
+	// As a host builds it: taps by tc-redirect, direct interfaces by macvtap.
+	backend, err := intercept.ForHost(intercept.BackendTCRedirect, intercept.Deps{NetNS: l.hostPath, Logger: quietLogger(), Domains: l.devices})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,20 +163,28 @@ func (l *dpLab) start(t *testing.T, cfgText string) (stop func()) {
 	return stop
 }
 
-// defineGuest defines and starts the test-driver domain of a lab guest.
+// defineGuest defines and starts the test-driver domain of a lab guest on
+// a tap of bridge br.
 func (l *dpLab) defineGuest(t *testing.T, name, br string) {
 	g := l.guests[name]
+	l.defineDomain(t, name, libvirtxml.DomainInterface{
+		MAC:    &libvirtxml.DomainInterfaceMAC{Address: g.mac.String()},
+		Source: &libvirtxml.DomainInterfaceSource{Bridge: &libvirtxml.DomainInterfaceSourceBridge{Bridge: br}},
+		Target: &libvirtxml.DomainInterfaceTarget{Dev: g.tap},
+	})
+}
+
+// defineDomain defines and starts the test-driver domain of a lab guest
+// with one interface.
+func (l *dpLab) defineDomain(t *testing.T, name string, ifc libvirtxml.DomainInterface) {
+	g := l.guests[name]
 	d, err := l.conn.Define(context.Background(), &libvirtxml.Domain{
-		Type:   "test",
-		Name:   name,
-		Memory: &libvirtxml.DomainMemory{Value: 65536, Unit: "KiB"},
-		VCPU:   &libvirtxml.DomainVCPU{Value: 1},
-		OS:     &libvirtxml.DomainOS{Type: &libvirtxml.DomainOSType{Arch: "x86_64", Type: "hvm"}},
-		Devices: &libvirtxml.DomainDeviceList{Interfaces: []libvirtxml.DomainInterface{{
-			MAC:    &libvirtxml.DomainInterfaceMAC{Address: g.mac.String()},
-			Source: &libvirtxml.DomainInterfaceSource{Bridge: &libvirtxml.DomainInterfaceSourceBridge{Bridge: br}},
-			Target: &libvirtxml.DomainInterfaceTarget{Dev: g.tap},
-		}}},
+		Type:    "test",
+		Name:    name,
+		Memory:  &libvirtxml.DomainMemory{Value: 65536, Unit: "KiB"},
+		VCPU:    &libvirtxml.DomainVCPU{Value: 1},
+		OS:      &libvirtxml.DomainOS{Type: &libvirtxml.DomainOSType{Arch: "x86_64", Type: "hvm"}},
+		Devices: &libvirtxml.DomainDeviceList{Interfaces: []libvirtxml.DomainInterface{ifc}},
 	})
 	if err != nil {
 		t.Fatal(err)
