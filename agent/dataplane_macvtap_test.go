@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"strings"
@@ -306,8 +308,9 @@ func udpExactly(t *testing.T, l *dpLab, from, to *dpGuest, port, n int) {
 	}
 }
 
-// tcpEcho connects from client to server, sends msg and returns what the
-// server answered (msg in upper case).
+// tcpEcho connects from client to server, sends msg and half-closes; the
+// server answers with all it read, in upper case, and closes. It returns
+// the answer.
 func tcpEcho(t *testing.T, server, client *dpGuest, port int, msg string) string {
 	t.Helper()
 	var ln net.Listener
@@ -326,11 +329,10 @@ func tcpEcho(t *testing.T, server, client *dpGuest, port int, msg string) string
 		}
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		buf := make([]byte, 4096)
-		n, _ := c.Read(buf)
-		c.Write([]byte(strings.ToUpper(string(buf[:n]))))
+		got, _ := io.ReadAll(c)
+		c.Write(bytes.ToUpper(got))
 	}()
-	var reply string
+	var reply []byte
 	if err := client.ns.Do(func() error {
 		c, err := net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", server.ip, port), 10*time.Second)
 		if err != nil {
@@ -341,14 +343,15 @@ func tcpEcho(t *testing.T, server, client *dpGuest, port int, msg string) string
 		if _, err := c.Write([]byte(msg)); err != nil {
 			return err
 		}
-		buf := make([]byte, 4096)
-		n, err := c.Read(buf)
-		reply = string(buf[:n])
+		if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+			return err
+		}
+		reply, err = io.ReadAll(c)
 		return err
 	}); err != nil {
 		t.Fatalf("tcp from %s to %s: %v", client.ip, server.ip, err)
 	}
-	return reply
+	return string(reply)
 }
 
 // TestDataplaneMacvtapGuestInNamespaces: a guest on a macvtap (web-3, a
@@ -436,7 +439,7 @@ func TestDataplaneMacvtapGuestInNamespaces(t *testing.T) {
 	}
 
 	// TCP with each as the server: the replies take the chain in reverse.
-	long := strings.Repeat("0123456789abcdef", 80)
+	long := strings.Repeat("0123456789abcdef", 1000) // several segments
 	if got := tcpEcho(t, web1, web3, 7001, "from the macvtap guest "+long); got != strings.ToUpper("from the macvtap guest "+long) {
 		t.Errorf("tcp reply to web-3: %q", got)
 	}

@@ -297,23 +297,7 @@ func TestDataplaneChainInNamespaces(t *testing.T) {
 	})
 
 	// UDP between the protected guests passes ips then fw, byte for byte.
-	rx := udpListen(t, web2, 7000)
-	tx := udpDial(t, web1, web2, 7000)
-	var want []string
-	for i := range 20 {
-		msg := fmt.Sprintf("datagram %02d %s", i, strings.Repeat("x", i*37))
-		want = append(want, msg)
-		if _, err := tx.Write([]byte(msg)); err != nil {
-			t.Fatal(err)
-		}
-		if i == 0 {
-			// The first datagram waits for ARP, which the DM floods.
-			time.Sleep(200 * time.Millisecond)
-		}
-	}
-	if diff := cmp.Diff(want, receiveAll(rx, len(want), 10*time.Second)); diff != "" {
-		t.Fatalf("datagrams at web-2 (-sent +received):\n%s\nDM counters: %+v", diff, l.dm.Engine().Counters())
-	}
+	udpExactly(t, l, web1, web2, 7000, 20)
 	if flows := l.dm.Engine().Flows("web-1"); len(flows) == 0 || !slices.Equal(flows[0].Forward, []string{"vsa-ips-1", "vsa-fw-1"}) {
 		t.Errorf("web-1's flows in the DM: %+v, want the first through vsa-ips-1 then vsa-fw-1", flows)
 	}
@@ -323,43 +307,7 @@ func TestDataplaneChainInNamespaces(t *testing.T) {
 	}
 
 	// TCP both ways: the replies take the chain in reverse.
-	var ln net.Listener
-	if err := web2.ns.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp4", web2.ip+":7001")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		buf := make([]byte, 64)
-		n, _ := c.Read(buf)
-		c.Write([]byte(strings.ToUpper(string(buf[:n]))))
-	}()
-	var reply string
-	if err := web1.ns.Do(func() error {
-		c, err := net.DialTimeout("tcp4", web2.ip+":7001", 10*time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		if _, err := c.Write([]byte("hello over tcp")); err != nil {
-			return err
-		}
-		buf := make([]byte, 64)
-		n, err := c.Read(buf)
-		reply = string(buf[:n])
-		return err
-	}); err != nil {
-		t.Fatalf("tcp through the chain: %v", err)
-	}
+	reply := tcpEcho(t, web2, web1, 7001, "hello over tcp")
 	if reply != "HELLO OVER TCP" {
 		t.Errorf("tcp reply %q", reply)
 	}
@@ -387,6 +335,7 @@ func TestDataplaneChainInNamespaces(t *testing.T) {
 	}
 
 	// A signature in fw drops a payload.
+	rx, tx := udpListen(t, web2, 7003), udpDial(t, web1, web2, 7003)
 	if _, err := tx.Write([]byte("carrying EVILPAYLOAD inside")); err != nil {
 		t.Fatal(err)
 	}
