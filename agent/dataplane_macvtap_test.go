@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -173,12 +174,39 @@ func cloneInterface(x *libvirtxml.DomainInterface) (*libvirtxml.DomainInterface,
 func (l *dpLab) addMacvtapGuest(t *testing.T, name, parent, ip string, n byte) *dpGuest {
 	ns := netnstest.New(t)
 	ns.QuietIPv6(t)
-	g := &dpGuest{ns: ns, tap: netnstest.UniqueName("mv"), mac: net.HardwareAddr{0x52, 0x54, 0, 0x77, 0, n}, ip: ip}
+	g := &dpGuest{ns: ns, tap: netnstest.UniqueName("mv"), mac: net.HardwareAddr{0x52, 0x54, 0, 0x77, 0, n}, ip: ip, direct: true}
 	l.guests[name] = g
 	if err := l.mirrorMacvtap(g.mac.String(), directInterface(g, parent, "bridge")); err != nil {
 		t.Fatal(err)
 	}
 	return g
+}
+
+// wiring dumps a guest's link on the host's side: its tap, or for a
+// macvtap guest its macvlan (in the guest's namespace).
+func (l *dpLab) wiring(t *testing.T, name string) intercept.LinkDump {
+	t.Helper()
+	g := l.guests[name]
+	netNS, link := l.hostPath, g.tap
+	if g.direct {
+		netNS, link = filepath.Join("/var/run/netns", g.ns.Name()), "eth0"
+	}
+	d, err := intercept.DumpLink(context.Background(), netNS, link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// liveInterface is the guest's <interface> as the intercept backend sees
+// it.
+func (l *dpLab) liveInterface(t *testing.T, name string) *libvirtxml.DomainInterface {
+	t.Helper()
+	dom, err := l.devices.DomainXML(context.Background(), l.guests[name].uuid, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &dom.Devices.Interfaces[0]
 }
 
 func directInterface(g *dpGuest, parent, mode string) *libvirtxml.DomainInterface {
@@ -365,36 +393,15 @@ func TestDataplaneMacvtapGuestInNamespaces(t *testing.T) {
 	l := newDPLab(t)
 	l.host.AddBridge(t, "br0")
 	ctx := context.Background()
-	// The DM's port exists before anything is plugged onto it, as on a host
-	// where the agent started first.
-	if _, _, err := EnsureDMPort(l.hostPath, "vsa-dm0"); err != nil {
-		t.Fatal(err)
-	}
 	web1 := l.addGuest(t, "web-1", "br0", "10.9.0.1", 1)
 	web3 := l.addMacvtapGuest(t, "web-3", "br0", "10.9.0.3", 3)
 	if out, err := web3.ns.Exec(ctx, "ping", "-c", "1", "-W", "5", web1.ip); err != nil {
 		t.Fatalf("the macvtap guest cannot reach the bridged one before anything is diverted: %v\n%s", err, out)
 	}
 	wiring := func() map[string]intercept.LinkDump {
-		t.Helper()
-		tap, err := intercept.DumpLink(ctx, l.hostPath, web1.tap)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mv, err := intercept.DumpLink(ctx, "/var/run/netns/"+web3.ns.Name(), "eth0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return map[string]intercept.LinkDump{"web-1 tap": tap, "web-3 macvlan": mv}
+		return map[string]intercept.LinkDump{"web-1": l.wiring(t, "web-1"), "web-3": l.wiring(t, "web-3")}
 	}
-	element := func() *libvirtxml.DomainInterface {
-		t.Helper()
-		dom, err := l.devices.DomainXML(ctx, web3.uuid, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return &dom.Devices.Interfaces[0]
-	}
+	element := func() *libvirtxml.DomainInterface { return l.liveInterface(t, "web-3") }
 	before := wiring()
 
 	l.start(t, dataplaneConfig)

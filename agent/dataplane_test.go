@@ -61,10 +61,12 @@ type dpLab struct {
 
 type dpGuest struct {
 	ns   *netnstest.NS
-	tap  string
+	tap  string // for a macvtap guest, its interface's target name
 	mac  net.HardwareAddr
 	ip   string
 	uuid string
+	// direct: the guest is on a macvtap (see addMacvtapGuest).
+	direct bool
 }
 
 func newDPLab(t *testing.T) *dpLab {
@@ -439,32 +441,51 @@ func TestDataplaneRestartAdoptsAndCleansDiversions(t *testing.T) {
 	l.host.AddBridge(t, "br0")
 	l.addGuest(t, "web-1", "br0", "10.9.0.1", 1)
 	l.addGuest(t, "web-2", "br0", "10.9.0.2", 2)
-	ctx := context.Background()
-	dump := func(name string) intercept.LinkDump {
-		d, err := intercept.DumpLink(ctx, l.hostPath, l.guests[name].tap)
-		if err != nil {
-			t.Fatal(err)
+	web3 := l.addMacvtapGuest(t, "web-3", "br0", "10.9.0.3", 3)
+	names := []string{"web-1", "web-2", "web-3"}
+	// wiring is every guest's link, and the macvtap guest's <interface>.
+	wiring := func() map[string]string {
+		w := map[string]string{}
+		for _, name := range names {
+			w[name] = fmt.Sprintf("%+v", l.wiring(t, name))
 		}
-		return d
+		if l.guests["web-3"].uuid != "" {
+			doc, err := l.liveInterface(t, "web-3").Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			w["web-3 element"] = doc
+		}
+		return w
 	}
-	before1, before2 := dump("web-1"), dump("web-2")
+	before := wiring()
 	stop := l.start(t, dataplaneConfig)
 	l.defineGuest(t, "web-1", "br0")
 	l.defineGuest(t, "web-2", "br0")
-	l.eventually("both inspected", func() bool {
-		return l.guestState("web-1") == GuestInspected && l.guestState("web-2") == GuestInspected
+	l.defineDomain(t, "web-3", *directInterface(web3, "br0", "bridge"))
+	doc, err := l.liveInterface(t, "web-3").Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before["web-3 element"] = doc
+	l.eventually("all inspected", func() bool {
+		return l.guestState("web-1") == GuestInspected && l.guestState("web-2") == GuestInspected && l.guestState("web-3") == GuestInspected
 	})
-	diverted := dump("web-1")
-	if cmp.Equal(before1, diverted) {
-		t.Fatal("web-1's tap shows no diversion while inspected")
+	diverted := wiring()
+	for _, name := range []string{"web-1", "web-3", "web-3 element"} {
+		if diverted[name] == before[name] {
+			t.Fatalf("%s shows no diversion while inspected", name)
+		}
 	}
 
 	// A restart with the same configuration adopts the diversions as they are.
 	stop()
 	stop = l.start(t, dataplaneConfig)
-	l.eventually("resynced", func() bool { return l.guestState("web-1") == GuestInspected && l.agent.Settled() })
-	if diff := cmp.Diff(diverted, dump("web-1")); diff != "" {
-		t.Errorf("web-1's diversion changed across a restart (-before +after):\n%s", diff)
+	l.eventually("resynced", func() bool {
+		return l.guestState("web-1") == GuestInspected && l.guestState("web-3") == GuestInspected && l.agent.Settled()
+	})
+	if diff := cmp.Diff(diverted, wiring()); diff != "" {
+		t.Errorf("the diversions changed across a restart (-before +after):\n%s", diff)
 	}
 
 	// While the agent was down, the policy went: the next start finds the
@@ -472,12 +493,10 @@ func TestDataplaneRestartAdoptsAndCleansDiversions(t *testing.T) {
 	stop()
 	l.start(t, strings.Replace(dataplaneConfig, `domains = ["web-*"]`, `domains = ["db-*"]`, 1))
 	l.eventually("resynced", func() bool {
-		return l.guestState("web-1") == GuestUnmanaged && l.guestState("web-2") == GuestUnmanaged && l.agent.Settled()
+		return l.guestState("web-1") == GuestUnmanaged && l.guestState("web-2") == GuestUnmanaged &&
+			l.guestState("web-3") == GuestUnmanaged && l.agent.Settled()
 	})
-	if diff := cmp.Diff(before1, dump("web-1")); diff != "" {
-		t.Errorf("stale diversion of web-1 survived (-original +now):\n%s", diff)
-	}
-	if diff := cmp.Diff(before2, dump("web-2")); diff != "" {
-		t.Errorf("stale diversion of web-2 survived (-original +now):\n%s", diff)
+	if diff := cmp.Diff(before, wiring()); diff != "" {
+		t.Errorf("stale diversions survived (-original +now):\n%s", diff)
 	}
 }
