@@ -44,16 +44,26 @@ type byType struct {
 
 func (d *byType) Name() string { return d.name }
 
-// route picks the backend for ifc. An Iface without a type is a bare link
-// (an uplink given by name), which only tc-redirect diverts.
-func (d *byType) route(ifc Iface) (Backend, error) {
+// backendFor picks the backend for ifc, nil if neither handles it. An Iface
+// without a type is a bare link (an uplink given by name), which only
+// tc-redirect diverts.
+func (d *byType) backendFor(ifc Iface) Backend {
 	switch ifc.Type {
 	case "", TypeEthernet, TypeBridge, TypeNetwork:
-		return d.taps, nil
+		return d.taps
 	case TypeDirect:
 		if d.direct != nil {
-			return d.direct, nil
+			return d.direct
 		}
+	}
+	return nil
+}
+
+func (d *byType) route(ifc Iface) (Backend, error) {
+	if b := d.backendFor(ifc); b != nil {
+		return b, nil
+	}
+	if ifc.Type == TypeDirect {
 		return nil, fmt.Errorf("intercept: %s is a direct interface, and without a libvirt connection no backend diverts it: %w", ifc, ErrUnsupported)
 	}
 	return nil, fmt.Errorf("intercept: %s is a %q interface, which neither tc-redirect nor macvtap diverts: %w", ifc, ifc.Type, ErrUnsupported)
@@ -84,11 +94,15 @@ func (d *byType) Applied(ctx context.Context, ifc Iface, port string) (bool, err
 }
 
 // Delivery is the routed backend's: a tap is reached through itself, a
-// macvtap through its parent.
+// macvtap through its parent. An interface no backend here diverts (a
+// hostdev, a user-mode NIC) has no port the DM could deliver to, and says
+// so with an empty Delivery rather than an error: such interfaces belong
+// to unmanaged guests too, whose wiring must not fail because of them
+// (Apply refuses them for a guest that must be diverted).
 func (d *byType) Delivery(ctx context.Context, ifc Iface, port string) (Delivery, error) {
-	b, err := d.route(ifc)
-	if err != nil {
-		return Delivery{}, err
+	b := d.backendFor(ifc)
+	if b == nil {
+		return Delivery{}, nil
 	}
 	return DeliveryOf(ctx, b, ifc, port)
 }
