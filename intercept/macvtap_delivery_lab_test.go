@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -120,35 +119,9 @@ func TestMacvtapDeliveryOnRealGuest(t *testing.T) {
 	t.Cleanup(func() { conn.Close() })
 	guestMAC, _ := net.ParseMAC("52:54:00:83:00:02")
 	dmMAC, _ := net.ParseMAC("02:00:00:83:00:09")
-	def, err := libvirtlab.GuestDomain("g", img, libvirtlab.GuestOptions{
-		ConsoleLog: filepath.Join(lab.Dir, "g.console"),
-		Interfaces: []libvirtlab.GuestInterface{{Type: "direct", Source: "vp0", Mode: "bridge", MAC: guestMAC.String(), Address: guestIP + "/24"}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dom, err := conn.Define(ctx, def)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := conn.Start(ctx, dom.UUID); err != nil {
-		t.Fatal(err)
-	}
-	console := func() string {
-		b, _ := os.ReadFile(filepath.Join(lab.Dir, "g.console"))
-		return string(b[max(0, len(b)-4096):])
-	}
-	ping := func(when string) {
-		t.Helper()
-		var err error
-		for range 150 {
-			if _, err = lab.Exec(ctx, "busybox", "ping", "-c", "1", "-W", "1", guestIP); err == nil {
-				return
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-		t.Fatalf("%s: guest does not answer: %v\nconsole:\n%s", when, err, console())
-	}
+	dom := startLabGuest(ctx, t, lab, conn, img,
+		libvirtlab.GuestInterface{Type: "direct", Source: "vp0", Mode: "bridge", MAC: guestMAC.String(), Address: guestIP + "/24"})
+	ping := func(when string) { pingLabGuest(ctx, t, lab, guestIP, when) }
 	ping("after boot")
 
 	backend, err := intercept.New(intercept.BackendMacvtap, intercept.Deps{Domains: conn, NetNS: labNS, Logger: log})
@@ -191,7 +164,7 @@ func TestMacvtapDeliveryOnRealGuest(t *testing.T) {
 		}
 	}
 	if reply == nil {
-		t.Fatalf("no ARP reply from the guest at %s\nconsole:\n%s", dl.Port, console())
+		t.Fatalf("no ARP reply from the guest at %s\nconsole:\n%s", dl.Port, labConsole(lab))
 	}
 	if !bytes.Equal(reply[:6], dmMAC) {
 		t.Errorf("the guest's reply is addressed to %s, want %s", net.HardwareAddr(reply[:6]), dmMAC)
