@@ -197,8 +197,8 @@ func (d *DistributionManager) syncLocked(ctx context.Context) error {
 			continue
 		}
 		for _, ifc := range g.ifaces {
-			if ifc.Source != "" {
-				managedNets[ifc.Source] = true
+			if ifc.Network != "" {
+				managedNets[ifc.Network] = true
 			}
 		}
 	}
@@ -208,7 +208,7 @@ func (d *DistributionManager) syncLocked(ctx context.Context) error {
 		return errors.Join(append(errs, fmt.Errorf("dataplane update: %w", err))...)
 	}
 	for _, g := range d.guests {
-		want := g.policy != nil || g.held || slices.ContainsFunc(g.ifaces, func(i intercept.Iface) bool { return managedNets[i.Source] })
+		want := g.policy != nil || g.held || slices.ContainsFunc(g.ifaces, func(i intercept.Iface) bool { return managedNets[i.Network] })
 		if !g.checked {
 			// After a restart the kernel may still hold diversions from the
 			// previous run: adopt them, or revert those no longer wanted.
@@ -245,18 +245,27 @@ func (d *DistributionManager) syncLocked(ctx context.Context) error {
 func (d *DistributionManager) apply(ctx context.Context, g *dmGuest) error {
 	for _, ifc := range g.ifaces {
 		if err := d.cfg.Backend.Apply(ctx, ifc, d.cfg.RedirectPort); err != nil {
-			return fmt.Errorf("divert %s of %s: %w", ifc.Target, g.name, err)
+			return fmt.Errorf("divert %s of %s: %w", ifcName(ifc), g.name, err)
 		}
 	}
 	d.log.Info("guest interfaces diverted to the distribution manager", "guest", g.name, "interfaces", len(g.ifaces), "backend", d.cfg.Backend.Name())
 	return nil
 }
 
+// ifcName names an interface in errors: its host netdev, or its MAC where
+// it has none (a direct interface between unplug and plug).
+func ifcName(ifc intercept.Iface) string {
+	if ifc.Target == "" && ifc.MAC != nil {
+		return ifc.MAC.String()
+	}
+	return ifc.Target
+}
+
 func (d *DistributionManager) anyApplied(ctx context.Context, g *dmGuest) (bool, error) {
 	for _, ifc := range g.ifaces {
 		ok, err := d.cfg.Backend.Applied(ctx, ifc, d.cfg.RedirectPort)
 		if err != nil {
-			return false, fmt.Errorf("inspect diversion of %s of %s: %w", ifc.Target, g.name, err)
+			return false, fmt.Errorf("inspect diversion of %s of %s: %w", ifcName(ifc), g.name, err)
 		}
 		if ok {
 			return true, nil
@@ -268,7 +277,7 @@ func (d *DistributionManager) anyApplied(ctx context.Context, g *dmGuest) (bool,
 func (d *DistributionManager) revert(ctx context.Context, g *dmGuest) error {
 	for _, ifc := range g.ifaces {
 		if err := d.cfg.Backend.Revert(ctx, ifc); err != nil {
-			return fmt.Errorf("revert %s of %s: %w", ifc.Target, g.name, err)
+			return fmt.Errorf("revert %s of %s: %w", ifcName(ifc), g.name, err)
 		}
 	}
 	d.log.Info("guest interfaces restored", "guest", g.name)
@@ -298,7 +307,7 @@ func (d *DistributionManager) snapshotLocked(ctx context.Context) (sourceroute.S
 				continue // not running: no netdev yet
 			}
 			rule.Interfaces = append(rule.Interfaces, sourceroute.GuestInterface{
-				MAC: macOf(ifc.MAC), Port: dl.Port, Dedicated: dl.Dedicated, VLAN: dl.VLAN, Network: ifc.Source,
+				MAC: macOf(ifc.MAC), Port: dl.Port, Dedicated: dl.Dedicated, VLAN: dl.VLAN, Network: ifc.Network,
 			})
 		}
 		snap.Guests = append(snap.Guests, rule)

@@ -54,14 +54,19 @@ type dpLab struct {
 	applNS   map[string]*netnstest.NS // appliance or instance → its namespace
 	dm       *DistributionManager
 	bin      string
+	// devices is the libvirt connection the intercept backend works
+	// through: the test driver, plus hot-plug (see liveDevices).
+	devices *liveDevices
 }
 
 type dpGuest struct {
 	ns   *netnstest.NS
-	tap  string
+	tap  string // for a macvtap guest, its interface's target name
 	mac  net.HardwareAddr
 	ip   string
 	uuid string
+	// direct: the guest is on a macvtap (see addMacvtapGuest).
+	direct bool
 }
 
 func newDPLab(t *testing.T) *dpLab {
@@ -74,6 +79,7 @@ func newDPLab(t *testing.T) *dpLab {
 		applNS:  map[string]*netnstest.NS{},
 	}
 	l.hostPath = filepath.Join("/var/run/netns", l.host.Name())
+	l.devices = &liveDevices{Conn: l.conn, plug: l.mirrorMacvtap}
 	l.host.QuietIPv6(t)
 	l.bin = vsafiltertest.Build(t, "..")
 	for _, app := range []string{"ips", "fw"} {
@@ -114,7 +120,8 @@ func (l *dpLab) start(t *testing.T, cfgText string) (stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	backend, err := intercept.New(intercept.BackendTCRedirect, intercept.Deps{NetNS: l.hostPath, Logger: quietLogger()})
+	// As a host builds it: taps by tc-redirect, direct interfaces by macvtap.
+	backend, err := intercept.ForHost(intercept.BackendTCRedirect, intercept.Deps{NetNS: l.hostPath, Logger: quietLogger(), Domains: l.devices})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,20 +165,28 @@ func (l *dpLab) start(t *testing.T, cfgText string) (stop func()) {
 	return stop
 }
 
-// defineGuest defines and starts the test-driver domain of a lab guest.
+// defineGuest defines and starts the test-driver domain of a lab guest on
+// a tap of bridge br.
 func (l *dpLab) defineGuest(t *testing.T, name, br string) {
 	g := l.guests[name]
+	l.defineDomain(t, name, libvirtxml.DomainInterface{
+		MAC:    &libvirtxml.DomainInterfaceMAC{Address: g.mac.String()},
+		Source: &libvirtxml.DomainInterfaceSource{Bridge: &libvirtxml.DomainInterfaceSourceBridge{Bridge: br}},
+		Target: &libvirtxml.DomainInterfaceTarget{Dev: g.tap},
+	})
+}
+
+// defineDomain defines and starts the test-driver domain of a lab guest
+// with one interface.
+func (l *dpLab) defineDomain(t *testing.T, name string, ifc libvirtxml.DomainInterface) {
+	g := l.guests[name]
 	d, err := l.conn.Define(context.Background(), &libvirtxml.Domain{
-		Type:   "test",
-		Name:   name,
-		Memory: &libvirtxml.DomainMemory{Value: 65536, Unit: "KiB"},
-		VCPU:   &libvirtxml.DomainVCPU{Value: 1},
-		OS:     &libvirtxml.DomainOS{Type: &libvirtxml.DomainOSType{Arch: "x86_64", Type: "hvm"}},
-		Devices: &libvirtxml.DomainDeviceList{Interfaces: []libvirtxml.DomainInterface{{
-			MAC:    &libvirtxml.DomainInterfaceMAC{Address: g.mac.String()},
-			Source: &libvirtxml.DomainInterfaceSource{Bridge: &libvirtxml.DomainInterfaceSourceBridge{Bridge: br}},
-			Target: &libvirtxml.DomainInterfaceTarget{Dev: g.tap},
-		}}},
+		Type:    "test",
+		Name:    name,
+		Memory:  &libvirtxml.DomainMemory{Value: 65536, Unit: "KiB"},
+		VCPU:    &libvirtxml.DomainVCPU{Value: 1},
+		OS:      &libvirtxml.DomainOS{Type: &libvirtxml.DomainOSType{Arch: "x86_64", Type: "hvm"}},
+		Devices: &libvirtxml.DomainDeviceList{Interfaces: []libvirtxml.DomainInterface{ifc}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -284,23 +299,7 @@ func TestDataplaneChainInNamespaces(t *testing.T) {
 	})
 
 	// UDP between the protected guests passes ips then fw, byte for byte.
-	rx := udpListen(t, web2, 7000)
-	tx := udpDial(t, web1, web2, 7000)
-	var want []string
-	for i := range 20 {
-		msg := fmt.Sprintf("datagram %02d %s", i, strings.Repeat("x", i*37))
-		want = append(want, msg)
-		if _, err := tx.Write([]byte(msg)); err != nil {
-			t.Fatal(err)
-		}
-		if i == 0 {
-			// The first datagram waits for ARP, which the DM floods.
-			time.Sleep(200 * time.Millisecond)
-		}
-	}
-	if diff := cmp.Diff(want, receiveAll(rx, len(want), 10*time.Second)); diff != "" {
-		t.Fatalf("datagrams at web-2 (-sent +received):\n%s\nDM counters: %+v", diff, l.dm.Engine().Counters())
-	}
+	udpExactly(t, l, web1, web2, 7000, 20)
 	if flows := l.dm.Engine().Flows("web-1"); len(flows) == 0 || !slices.Equal(flows[0].Forward, []string{"vsa-ips-1", "vsa-fw-1"}) {
 		t.Errorf("web-1's flows in the DM: %+v, want the first through vsa-ips-1 then vsa-fw-1", flows)
 	}
@@ -310,43 +309,7 @@ func TestDataplaneChainInNamespaces(t *testing.T) {
 	}
 
 	// TCP both ways: the replies take the chain in reverse.
-	var ln net.Listener
-	if err := web2.ns.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp4", web2.ip+":7001")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		buf := make([]byte, 64)
-		n, _ := c.Read(buf)
-		c.Write([]byte(strings.ToUpper(string(buf[:n]))))
-	}()
-	var reply string
-	if err := web1.ns.Do(func() error {
-		c, err := net.DialTimeout("tcp4", web2.ip+":7001", 10*time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		if _, err := c.Write([]byte("hello over tcp")); err != nil {
-			return err
-		}
-		buf := make([]byte, 64)
-		n, err := c.Read(buf)
-		reply = string(buf[:n])
-		return err
-	}); err != nil {
-		t.Fatalf("tcp through the chain: %v", err)
-	}
+	reply := tcpEcho(t, web2, web1, 7001, "hello over tcp")
 	if reply != "HELLO OVER TCP" {
 		t.Errorf("tcp reply %q", reply)
 	}
@@ -374,6 +337,7 @@ func TestDataplaneChainInNamespaces(t *testing.T) {
 	}
 
 	// A signature in fw drops a payload.
+	rx, tx := udpListen(t, web2, 7003), udpDial(t, web1, web2, 7003)
 	if _, err := tx.Write([]byte("carrying EVILPAYLOAD inside")); err != nil {
 		t.Fatal(err)
 	}
@@ -477,32 +441,51 @@ func TestDataplaneRestartAdoptsAndCleansDiversions(t *testing.T) {
 	l.host.AddBridge(t, "br0")
 	l.addGuest(t, "web-1", "br0", "10.9.0.1", 1)
 	l.addGuest(t, "web-2", "br0", "10.9.0.2", 2)
-	ctx := context.Background()
-	dump := func(name string) intercept.LinkDump {
-		d, err := intercept.DumpLink(ctx, l.hostPath, l.guests[name].tap)
-		if err != nil {
-			t.Fatal(err)
+	web3 := l.addMacvtapGuest(t, "web-3", "br0", "10.9.0.3", 3)
+	names := []string{"web-1", "web-2", "web-3"}
+	// wiring is every guest's link, and the macvtap guest's <interface>.
+	wiring := func() map[string]string {
+		w := map[string]string{}
+		for _, name := range names {
+			w[name] = fmt.Sprintf("%+v", l.wiring(t, name))
 		}
-		return d
+		if l.guests["web-3"].uuid != "" {
+			doc, err := l.liveInterface(t, "web-3").Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			w["web-3 element"] = doc
+		}
+		return w
 	}
-	before1, before2 := dump("web-1"), dump("web-2")
+	before := wiring()
 	stop := l.start(t, dataplaneConfig)
 	l.defineGuest(t, "web-1", "br0")
 	l.defineGuest(t, "web-2", "br0")
-	l.eventually("both inspected", func() bool {
-		return l.guestState("web-1") == GuestInspected && l.guestState("web-2") == GuestInspected
+	l.defineDomain(t, "web-3", *directInterface(web3, "br0", "bridge"))
+	doc, err := l.liveInterface(t, "web-3").Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before["web-3 element"] = doc
+	l.eventually("all inspected", func() bool {
+		return l.guestState("web-1") == GuestInspected && l.guestState("web-2") == GuestInspected && l.guestState("web-3") == GuestInspected
 	})
-	diverted := dump("web-1")
-	if cmp.Equal(before1, diverted) {
-		t.Fatal("web-1's tap shows no diversion while inspected")
+	diverted := wiring()
+	for _, name := range []string{"web-1", "web-3", "web-3 element"} {
+		if diverted[name] == before[name] {
+			t.Fatalf("%s shows no diversion while inspected", name)
+		}
 	}
 
 	// A restart with the same configuration adopts the diversions as they are.
 	stop()
 	stop = l.start(t, dataplaneConfig)
-	l.eventually("resynced", func() bool { return l.guestState("web-1") == GuestInspected && l.agent.Settled() })
-	if diff := cmp.Diff(diverted, dump("web-1")); diff != "" {
-		t.Errorf("web-1's diversion changed across a restart (-before +after):\n%s", diff)
+	l.eventually("resynced", func() bool {
+		return l.guestState("web-1") == GuestInspected && l.guestState("web-3") == GuestInspected && l.agent.Settled()
+	})
+	if diff := cmp.Diff(diverted, wiring()); diff != "" {
+		t.Errorf("the diversions changed across a restart (-before +after):\n%s", diff)
 	}
 
 	// While the agent was down, the policy went: the next start finds the
@@ -510,12 +493,10 @@ func TestDataplaneRestartAdoptsAndCleansDiversions(t *testing.T) {
 	stop()
 	l.start(t, strings.Replace(dataplaneConfig, `domains = ["web-*"]`, `domains = ["db-*"]`, 1))
 	l.eventually("resynced", func() bool {
-		return l.guestState("web-1") == GuestUnmanaged && l.guestState("web-2") == GuestUnmanaged && l.agent.Settled()
+		return l.guestState("web-1") == GuestUnmanaged && l.guestState("web-2") == GuestUnmanaged &&
+			l.guestState("web-3") == GuestUnmanaged && l.agent.Settled()
 	})
-	if diff := cmp.Diff(before1, dump("web-1")); diff != "" {
-		t.Errorf("stale diversion of web-1 survived (-original +now):\n%s", diff)
-	}
-	if diff := cmp.Diff(before2, dump("web-2")); diff != "" {
-		t.Errorf("stale diversion of web-2 survived (-original +now):\n%s", diff)
+	if diff := cmp.Diff(before, wiring()); diff != "" {
+		t.Errorf("stale diversions survived (-original +now):\n%s", diff)
 	}
 }

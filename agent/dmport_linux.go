@@ -88,7 +88,9 @@ func NewHostDataplane(cfg *config.Config, domains intercept.Domains, hostID, net
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: %w", err)
 	}
-	backend, err := intercept.New(cfg.Intercept.Backend, intercept.Deps{NetNS: netnsPath, Logger: log, Domains: domains})
+	// Taps go to tc-redirect and direct interfaces to macvtap, whichever of
+	// the two the configuration names: a host has both kinds of guest.
+	backend, err := intercept.ForHost(cfg.Intercept.Backend, intercept.Deps{NetNS: netnsPath, Logger: log, Domains: domains})
 	if err != nil {
 		return nil, fmt.Errorf("intercept backend %q: %w", cfg.Intercept.Backend, err)
 	}

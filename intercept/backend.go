@@ -93,8 +93,10 @@ func DeliveryOf(ctx context.Context, b Backend, ifc Iface, port string) (Deliver
 type Deps struct {
 	Logger *slog.Logger
 	// NetNS is the path of the network namespace file whose links
-	// tc-redirect and switchdev change (taps, representors); "" means the
-	// agent's own namespace, which is where libvirt creates taps.
+	// tc-redirect and switchdev change (taps, representors) and where
+	// macvtap finds the DM's end of a macvtap's parent; "" means the
+	// agent's own namespace, which is where libvirt creates taps and
+	// macvtaps.
 	NetNS string
 	// Domains is the libvirt connection macvtap and sriov-vlan work through.
 	Domains Domains
@@ -117,7 +119,7 @@ func New(name string, deps Deps) (Backend, error) {
 		if deps.Domains == nil {
 			return nil, fmt.Errorf("intercept: %s needs a libvirt connection", name)
 		}
-		return &macvtap{dom: deps.Domains, log: log}, nil
+		return &macvtap{dom: deps.Domains, netNS: deps.NetNS, log: log}, nil
 	case BackendSwitchdev:
 		return newSwitchdev(deps, log)
 	case BackendSRIOVVLAN:

@@ -2,13 +2,20 @@
 // reverts the diversion exactly to the prior wiring.
 //
 // InterfacesOf lists a guest's interfaces (Iface) from its live domain XML.
-// New returns the Backend the host's configuration names; every backend
-// answers the same four questions, all idempotent:
+// New returns the Backend called by a name; ForHost returns what a host runs
+// for its [intercept] backend setting, which for tc-redirect and macvtap
+// routes each interface by its type (taps to tc-redirect, direct interfaces
+// to macvtap), since a host has both kinds of guest. Every backend answers
+// the same four questions, all idempotent:
 //
 //	Apply(ctx, ifc, port)    divert ifc to port
 //	Revert(ctx, ifc)         restore what was there before the first Apply
 //	Applied(ctx, ifc, port)  is ifc diverted to port right now?
 //	Stale(ctx, keep)         which diversions exist that are not in keep?
+//
+// DeliveryOf says where the DM writes frames for a diverted interface and
+// where its frames arrive (a Deliverer backend knows; otherwise the
+// interface's own netdev).
 //
 // What a revert needs is kept where an agent that restarted finds it, never
 // only in memory:

@@ -39,6 +39,12 @@ type Iface struct {
 	// Mode is the macvtap mode of a direct interface (bridge, vepa,
 	// private, passthrough).
 	Mode string
+	// Network is the L2 domain the interface belongs to: its Source, except
+	// for a direct interface the macvtap backend moved onto another parent
+	// (the DM's port), which still belongs to its original parent's
+	// segment, as recorded in the guest's metadata. It does not change when
+	// the interface is diverted.
+	Network string
 	// XML is the element the rest was read from.
 	XML *libvirtxml.DomainInterface
 }
@@ -63,6 +69,9 @@ func InterfacesOf(dom *libvirtxml.Domain) []Iface {
 	if dom == nil || dom.Devices == nil {
 		return nil
 	}
+	// An unreadable record only costs the original network: the macvtap
+	// backend reports it when it acts on the interface.
+	recs, _ := recordsOf(dom)
 	out := make([]Iface, 0, len(dom.Devices.Interfaces))
 	for i := range dom.Devices.Interfaces {
 		x := &dom.Devices.Interfaces[i]
@@ -75,6 +84,12 @@ func InterfacesOf(dom *libvirtxml.Domain) []Iface {
 			ifc.Target = x.Target.Dev
 		}
 		ifc.Type, ifc.Source, ifc.Mode = describeSource(x.Source)
+		ifc.Network = ifc.Source
+		if rec, ok := recs.find(ifc.MAC); ok && ifc.MAC != nil {
+			if orig, err := rec.original(); err == nil && orig.Source != nil && orig.Source.Direct != nil {
+				ifc.Network = orig.Source.Direct.Dev
+			}
+		}
 		out = append(out, ifc)
 	}
 	return out

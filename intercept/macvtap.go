@@ -47,8 +47,9 @@ type Domains interface {
 // there with the detach error: the interface stays down (fail closed) and a
 // later Apply, once the guest runs, finishes the swap.
 type macvtap struct {
-	dom Domains
-	log *slog.Logger
+	dom   Domains
+	netNS string // where the parents' links are, for Delivery
+	log   *slog.Logger
 }
 
 func (m *macvtap) Name() string { return BackendMacvtap }
@@ -375,4 +376,44 @@ func kept(keep []Iface, uuid string, mac net.HardwareAddr) bool {
 		}
 	}
 	return false
+}
+
+// Delivery: a macvtap in VEPA mode sends every frame out through its parent
+// and takes, from what its parent receives, the frames addressed to its MAC.
+// When the parent is the DM's redirect port (one end of a veth pair), the
+// guest's frames arrive on the other end, the intercept port, like frames
+// tc-redirect diverts; and a frame the DM writes into that other end is
+// received on the parent, where the macvlan layer hands it to the macvtap
+// by destination MAC. So the DM delivers to the intercept port, which the
+// macvtaps of every guest share; their frames are told apart by source MAC,
+// as for taps. (Writing to the macvtap's own netdev would not work: that
+// sends the frame out through the parent, back to the DM.)
+//
+// Only a parent that is the port given, and a veth, is understood: with
+// port "" the macvtap stays on its own parent, whose frames go to a switch
+// outside the DM's reach, and a VF parent needs the NIC to hand its frames
+// to the DM (the switchdev backend's representors), which this backend does
+// not arrange. Both are ErrUnsupported, so that the interface is left out
+// of the DM's rules (fail closed) rather than reached the wrong way.
+func (m *macvtap) Delivery(ctx context.Context, ifc Iface, port string) (Delivery, error) {
+	if port == "" {
+		return Delivery{}, fmt.Errorf("intercept: delivery to %s: a macvtap left on its own parent in VEPA mode sends its frames out of the DM's reach: %w", ifc, ErrUnsupported)
+	}
+	peer, err := m.vethPeer(ctx, port)
+	if err != nil {
+		return Delivery{}, fmt.Errorf("intercept: delivery to %s through parent %s: %w", ifc, port, err)
+	}
+	return Delivery{Port: peer}, nil
+}
+
+func (m *macvtap) vethPeer(ctx context.Context, name string) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	r, err := openRTNL(m.netNS)
+	if err != nil {
+		return "", err
+	}
+	defer r.Close()
+	return r.vethPeer(name)
 }

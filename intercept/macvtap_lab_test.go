@@ -69,6 +69,48 @@ func hotplugImage(ctx context.Context, t *testing.T) libvirtlab.Image {
 	return img
 }
 
+// startLabGuest defines and starts the lab guest "g" with the given
+// interfaces, its console logged in the lab's directory.
+func startLabGuest(ctx context.Context, t *testing.T, lab *libvirtlab.Lab, conn *hypervisor.Conn, img libvirtlab.Image, ifaces ...libvirtlab.GuestInterface) hypervisor.Domain {
+	t.Helper()
+	def, err := libvirtlab.GuestDomain("g", img, libvirtlab.GuestOptions{
+		ConsoleLog: filepath.Join(lab.Dir, "g.console"),
+		Interfaces: ifaces,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dom, err := conn.Define(ctx, def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Start(ctx, dom.UUID); err != nil {
+		t.Fatal(err)
+	}
+	return dom
+}
+
+// labConsole is the end of the lab guest's console.
+func labConsole(lab *libvirtlab.Lab) string {
+	b, _ := os.ReadFile(filepath.Join(lab.Dir, "g.console"))
+	return string(b[max(0, len(b)-8192):])
+}
+
+// pingLabGuest pings ip from the lab's namespace until it answers (at most
+// 150 tries 200 ms apart, bounded by the boot of a TCG guest) and fails the
+// test with the guest's console if it never does.
+func pingLabGuest(ctx context.Context, t *testing.T, lab *libvirtlab.Lab, ip, when string) {
+	t.Helper()
+	var err error
+	for range 150 {
+		if _, err = lab.Exec(ctx, "busybox", "ping", "-c", "1", "-W", "1", ip); err == nil {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("%s: guest does not answer: %v\nconsole:\n%s", when, err, labConsole(lab))
+}
+
 func ifaceXML(t *testing.T, x *libvirtxml.DomainInterface) string {
 	t.Helper()
 	doc, err := x.Marshal()
@@ -144,35 +186,11 @@ func TestMacvtapOnRealGuest(t *testing.T) {
 	}
 	t.Cleanup(func() { conn.Close() })
 	const namedMAC, generatedMAC = "52:54:00:79:00:02", "52:54:00:79:00:03"
-	def, err := libvirtlab.GuestDomain("g", img, libvirtlab.GuestOptions{
-		ConsoleLog: filepath.Join(lab.Dir, "g.console"),
-		Interfaces: []libvirtlab.GuestInterface{
-			{Type: "direct", Source: "vp0", Mode: "bridge", MAC: namedMAC, Target: "vsgmv0", Address: guestIP + "/24"},
-			{Type: "direct", Source: "vp2", Mode: "bridge", MAC: generatedMAC},
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dom, err := conn.Define(ctx, def)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := conn.Start(ctx, dom.UUID); err != nil {
-		t.Fatal(err)
-	}
-	ping := func(when string) {
-		t.Helper()
-		var err error
-		for attempt := 0; attempt < 150; attempt++ {
-			if _, err = lab.Exec(ctx, "busybox", "ping", "-c", "1", "-W", "1", guestIP); err == nil {
-				return
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-		console, _ := os.ReadFile(filepath.Join(lab.Dir, "g.console"))
-		t.Fatalf("%s: guest does not answer: %v\nconsole:\n%s", when, err, console)
-	}
+	dom := startLabGuest(ctx, t, lab, conn, img,
+		libvirtlab.GuestInterface{Type: "direct", Source: "vp0", Mode: "bridge", MAC: namedMAC, Target: "vsgmv0", Address: guestIP + "/24"},
+		libvirtlab.GuestInterface{Type: "direct", Source: "vp2", Mode: "bridge", MAC: generatedMAC},
+	)
+	ping := func(when string) { pingLabGuest(ctx, t, lab, guestIP, when) }
 	ping("after boot")
 
 	liveIface := func(mac string) intercept.Iface {
@@ -317,7 +335,6 @@ func TestMacvtapOnRealGuest(t *testing.T) {
 	}
 	ping("reverted")
 	if t.Failed() {
-		console, _ := os.ReadFile(filepath.Join(lab.Dir, "g.console"))
-		t.Logf("console:\n%s", console)
+		t.Logf("console:\n%s", labConsole(lab))
 	}
 }

@@ -98,3 +98,26 @@ func (r *rtnl) linkByName(name string) (netlink.Link, error) {
 	}
 	return l, nil
 }
+
+// vethPeer returns the name of the other end of the veth called name, which
+// must be in the same namespace.
+func (r *rtnl) vethPeer(name string) (string, error) {
+	l, err := r.linkByName(name)
+	if err != nil {
+		return "", err
+	}
+	a := l.Attrs()
+	if l.Type() != "veth" {
+		return "", fmt.Errorf("%s is a %s, not a veth whose other end the DM holds: %w", name, l.Type(), ErrUnsupported)
+	}
+	// A veth reports its peer's index as its link (IFLA_LINK), with the
+	// peer's namespace when that is another one.
+	if a.ParentIndex == 0 || a.NetNsID >= 0 {
+		return "", fmt.Errorf("the other end of veth %s is not in this namespace: %w", name, ErrUnsupported)
+	}
+	peer, err := r.h.LinkByIndex(a.ParentIndex)
+	if err != nil {
+		return "", fmt.Errorf("the other end of veth %s: %w", name, err)
+	}
+	return peer.Attrs().Name, nil
+}

@@ -2,7 +2,6 @@ package intercept_test
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -73,36 +72,16 @@ func TestMacvtapReparentOntoVF(t *testing.T) {
 	}
 	t.Cleanup(func() { conn.Close() })
 	const mac = "52:54:00:81:00:02"
-	console := filepath.Join(lab.Dir, "g.console")
-	def, err := libvirtlab.GuestDomain("g", img, libvirtlab.GuestOptions{
-		ConsoleLog: console,
-		Interfaces: []libvirtlab.GuestInterface{{Type: "direct", Source: "nicpf", Mode: "bridge", MAC: mac, Address: guestIP + "/24"}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dom, err := conn.Define(ctx, def)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := conn.Start(ctx, dom.UUID); err != nil {
-		t.Fatal(err)
-	}
+	dom := startLabGuest(ctx, t, lab, conn, img,
+		libvirtlab.GuestInterface{Type: "direct", Source: "nicpf", Mode: "bridge", MAC: mac, Address: guestIP + "/24"})
 	ping := func(when string, count string) {
 		t.Helper()
-		var err error
-		for attempt := 0; attempt < 150; attempt++ {
-			if _, err = lab.Exec(ctx, "busybox", "ping", "-c", "1", "-W", "1", guestIP); err == nil {
-				break
-			}
-			time.Sleep(200 * time.Millisecond)
+		pingLabGuest(ctx, t, lab, guestIP, when)
+		if count == "" {
+			return
 		}
-		if err == nil && count != "" {
-			_, err = lab.Exec(ctx, "busybox", "ping", "-c", count, "-W", "2", guestIP)
-		}
-		if err != nil {
-			out, _ := os.ReadFile(console)
-			t.Fatalf("%s: guest does not answer: %v\nconsole:\n%s", when, err, out)
+		if _, err := lab.Exec(ctx, "busybox", "ping", "-c", count, "-W", "2", guestIP); err != nil {
+			t.Fatalf("%s: guest does not answer: %v\nconsole:\n%s", when, err, labConsole(lab))
 		}
 	}
 	liveIface := func() intercept.Iface {
