@@ -132,7 +132,7 @@ func (d *DistributionManager) Run(ctx context.Context) error {
 // of its chain) first, then its interfaces are diverted, so that a frame
 // never reaches the DM before the DM knows what to do with it.
 func (d *DistributionManager) Attach(ctx context.Context, g GuestPlan) error {
-	ifaces := intercept.InterfacesOf(g.Domain)
+	ifaces := d.interfacesOf(ctx, g.Domain)
 	if g.Policy != nil && len(ifaces) == 0 {
 		return fmt.Errorf("guest %s has no network interface to divert", g.Name)
 	}
@@ -164,11 +164,25 @@ func (d *DistributionManager) Hold(ctx context.Context, g GuestPlan) error {
 	defer d.mu.Unlock()
 	prev := d.guests[g.UUID]
 	d.guests[g.UUID] = &dmGuest{
-		name: g.Name, held: true, policy: g.Policy, ifaces: intercept.InterfacesOf(g.Domain),
+		name: g.Name, held: true, policy: g.Policy, ifaces: d.interfacesOf(ctx, g.Domain),
 		intercepted: prev != nil && prev.intercepted,
 		checked:     prev != nil && prev.checked,
 	}
 	return d.syncLocked(ctx)
+}
+
+// interfacesOf lists a guest's interfaces, each in the network the DM sees
+// it in: the backend may know better than the domain XML (VFs of one
+// physical function share its NIC's switch). An interface whose delivery
+// cannot be told yet keeps the XML's network; the snapshot reports why.
+func (d *DistributionManager) interfacesOf(ctx context.Context, dom *libvirtxml.Domain) []intercept.Iface {
+	ifaces := intercept.InterfacesOf(dom)
+	for i, ifc := range ifaces {
+		if dl, err := intercept.DeliveryOf(ctx, d.cfg.Backend, ifc, d.cfg.RedirectPort); err == nil && dl.Network != "" {
+			ifaces[i].Network = dl.Network
+		}
+	}
+	return ifaces
 }
 
 // Detach reverts a guest's interception exactly and forgets it.

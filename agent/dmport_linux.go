@@ -58,6 +58,37 @@ func EnsureDMPort(netnsPath, port string) (redirectTo, readOn string, err error)
 	return redirectTo, readOn, err
 }
 
+// hostDMPorts sets up where the backend diverts guests' frames to and where
+// the engine reads them, by backend:
+//   - tc-redirect and macvtap: the DM's intercept link, a veth pair
+//     (EnsureDMPort);
+//   - sriov-vlan: the DM's own VF, named by [dataplane] port, which the
+//     NIC's switch hands every diverted guest's frames, tagged with the
+//     guest's intercept VLAN; the engine reads it because the guests'
+//     interfaces are tagged there, so there is no separate intercept port;
+//   - switchdev: nothing; every guest VF has a representor of its own that
+//     the engine reads (a Dedicated port).
+func hostDMPorts(netnsPath string, cfg *config.Config) (redirectTo, readOn string, err error) {
+	switch cfg.Intercept.Backend {
+	case intercept.BackendSwitchdev:
+		return "", "", nil
+	case intercept.BackendSRIOVVLAN:
+		port := cfg.Dataplane.Port
+		err := netnsutil.Do(netnsPath, func() error {
+			l, err := netlink.LinkByName(port)
+			if err != nil {
+				return fmt.Errorf("[dataplane] port %q must name the DM's VF netdev for the %s backend: %w", port, intercept.BackendSRIOVVLAN, err)
+			}
+			if err := netlink.LinkSetUp(l); err != nil {
+				return fmt.Errorf("bring %s up: %w", port, err)
+			}
+			return nil
+		})
+		return port, "", err
+	}
+	return EnsureDMPort(netnsPath, cfg.Dataplane.Port)
+}
+
 // PacketPorts returns port openers backed by AF_PACKET rings, opened in the
 // network namespace at netnsPath ("" for the current one).
 func PacketPorts(netnsPath string) (open, openTx sourceroute.PortOpener) {
@@ -84,7 +115,7 @@ func PacketPorts(netnsPath string) (open, openTx sourceroute.PortOpener) {
 // one). The caller runs it (Run) and gives it to the agent as its
 // Dataplane.
 func NewHostDataplane(cfg *config.Config, domains intercept.Domains, hostID, netnsPath string, log *slog.Logger, onEvent func(sourceroute.Event)) (*DistributionManager, error) {
-	redirectTo, readOn, err := EnsureDMPort(netnsPath, cfg.Dataplane.Port)
+	redirectTo, readOn, err := hostDMPorts(netnsPath, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: %w", err)
 	}

@@ -69,6 +69,10 @@ type Delivery struct {
 	// VLAN is the 802.1Q tag the interface's frames carry on Port, in both
 	// directions; 0 means untagged.
 	VLAN uint16
+	// Network, if not empty, is the L2 domain the interface belongs to as
+	// the DM sees it, in place of Iface.Network: the VFs of one physical
+	// function share its NIC's switch, whatever their PCI addresses.
+	Network string
 }
 
 // Deliverer is implemented by backends whose diverted interfaces the DM

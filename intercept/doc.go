@@ -32,7 +32,7 @@
 //     guest's metadata under Namespace. The guest's persistent definition is
 //     never changed.
 //   - switchdev (guests on SR-IOV VFs, NIC eswitch in switchdev mode) makes
-//     the VF's representor the DM's dedicated port (DedicatedPorts): it
+//     the VF's representor the DM's dedicated port (its Delivery): it
 //     takes the representor out of its bridge and brings it up, recording
 //     what it changed in the representor's alias (RepresentorMarker).
 //   - sriov-vlan (guests on SR-IOV VFs, eswitch in legacy mode) gives the

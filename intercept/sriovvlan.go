@@ -143,11 +143,11 @@ func (b *sriovVLAN) resolve(ifc Iface, port string) (sriov.PF, sriov.VF, sriov.V
 // dedicated port. The VLAN follows from the VF index alone, so the answer
 // holds before Apply and for a guest that is not running.
 func (b *sriovVLAN) Delivery(_ context.Context, ifc Iface, port string) (Delivery, error) {
-	_, vf, _, err := b.resolve(ifc, port)
+	pf, vf, _, err := b.resolve(ifc, port)
 	if err == nil {
 		var vlan int
 		if vlan, err = InterceptVLAN(vf.Index); err == nil {
-			return Delivery{Port: port, VLAN: uint16(vlan)}, nil
+			return Delivery{Port: port, VLAN: uint16(vlan), Network: PFNetwork(pf)}, nil
 		}
 	}
 	return Delivery{}, fmt.Errorf("intercept: delivery to %s: %w", ifc, err)

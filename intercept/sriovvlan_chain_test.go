@@ -237,7 +237,8 @@ func TestSRIOVVLANChainOnSimulatedNIC(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if dl["a"] != (Delivery{Port: dmVF, VLAN: 3802}) || dl["b"] != (Delivery{Port: dmVF, VLAN: 3801}) {
+	const e810Net = "sriov:0000:3b:00.0" // both VFs are on the same PF's switch
+	if dl["a"] != (Delivery{Port: dmVF, VLAN: 3802, Network: e810Net}) || dl["b"] != (Delivery{Port: dmVF, VLAN: 3801, Network: e810Net}) {
 		t.Fatalf("deliveries: %+v", dl)
 	}
 	const foreignVLAN = 3900 // guest c's VF: a VLAN that is no diverted guest's
@@ -272,7 +273,7 @@ func TestSRIOVVLANChainOnSimulatedNIC(t *testing.T) {
 	ips, fw := startChainAppliances(t, ctx, bin, host, ipsNS, fwNS, "[[rule]]\nname = \"no-5009\"\naction = \"deny\"\nproto = \"udp\"\ndport = 5009\n")
 	forwarded := func(v *vsafiltertest.Run) uint64 { return v.Counters(t).Appliance.Forwarded }
 	iface := func(mac sourceroute.MAC, d Delivery) []sourceroute.GuestInterface {
-		return []sourceroute.GuestInterface{{MAC: mac, Port: d.Port, Dedicated: d.Dedicated, VLAN: d.VLAN, Network: "vf-net"}}
+		return []sourceroute.GuestInterface{{MAC: mac, Port: d.Port, Dedicated: d.Dedicated, VLAN: d.VLAN, Network: d.Network}}
 	}
 	e, _ := startChainDM(t, ctx, host,
 		sourceroute.GuestRule{Name: "a", Ready: true, Policy: &sourceroute.PolicyRule{Name: "protected", Chain: []string{"ips", "fw"}, Symmetric: true},

@@ -503,8 +503,8 @@ func TestSRIOVVLANDelivery(t *testing.T) {
 		want Delivery
 		err  error
 	}{
-		{"hostdev VF 2", a, dmVFPort, Delivery{Port: dmVFPort, VLAN: 3802}, nil},
-		{"direct on VF 1, guest stopped", b, dmVFPort, Delivery{Port: dmVFPort, VLAN: 3801}, nil},
+		{"hostdev VF 2", a, dmVFPort, Delivery{Port: dmVFPort, VLAN: 3802, Network: "sriov:0000:3b:00.0"}, nil},
+		{"direct on VF 1, guest stopped", b, dmVFPort, Delivery{Port: dmVFPort, VLAN: 3801, Network: "sriov:0000:3b:00.0"}, nil},
 		{"no DM port", a, "", Delivery{}, ErrNoInterface},
 		{"a bridge interface", Iface{GuestUUID: uuidA, Type: TypeBridge, Source: "br0", MAC: a.MAC}, dmVFPort, Delivery{}, ErrUnsupported},
 	} {

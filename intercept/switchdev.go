@@ -27,13 +27,6 @@ const RepresentorMarker = "vsagent-switchdev/1 "
 // maxAlias is IFALIASZ - 1: the kernel refuses longer aliases.
 const maxAlias = 255
 
-// DedicatedPorts is implemented by backends that give every diverted
-// interface a port of its own, which the DM reads and writes with
-// GuestInterface.Dedicated set (switchdev: the VF's representor).
-type DedicatedPorts interface {
-	DedicatedPort(ctx context.Context, ifc Iface) (string, error)
-}
-
 // switchdev diverts a guest on an SR-IOV VF of a NIC whose eswitch is in
 // switchdev mode. There every frame the VF sends that no offload rule
 // matches goes to the VF's representor netdev, and every frame written to
@@ -64,16 +57,19 @@ func newSwitchdev(deps Deps, log *slog.Logger) (Backend, error) {
 
 func (b *switchdev) Name() string { return BackendSwitchdev }
 
-// DedicatedPort is the representor of ifc's VF.
-func (b *switchdev) DedicatedPort(ctx context.Context, ifc Iface) (string, error) {
+// Delivery is the representor of ifc's VF, a port of its own: what the VF
+// sends arrives there, what is written there reaches the VF. The VFs of one
+// physical function share its network. The port Apply is given must be the
+// representor or empty.
+func (b *switchdev) Delivery(ctx context.Context, ifc Iface, _ string) (Delivery, error) {
 	if err := ctx.Err(); err != nil {
-		return "", err
+		return Delivery{}, err
 	}
-	rep, err := b.representor(ifc)
+	rep, pf, err := b.representorOf(ifc)
 	if err != nil {
-		return "", fmt.Errorf("intercept: representor of %s: %w", ifc, err)
+		return Delivery{}, fmt.Errorf("intercept: representor of %s: %w", ifc, err)
 	}
-	return rep, nil
+	return Delivery{Port: rep, Dedicated: true, Network: PFNetwork(pf)}, nil
 }
 
 // representor resolves ifc's VF to its representor, after checking that
@@ -83,22 +79,30 @@ func (b *switchdev) representor(ifc Iface) (string, error) {
 	if ifc.Type == "" && ifc.Target != "" {
 		return ifc.Target, nil
 	}
+	rep, _, err := b.representorOf(ifc)
+	return rep, err
+}
+
+// representorOf resolves a guest interface's VF to its representor and
+// physical function.
+func (b *switchdev) representorOf(ifc Iface) (string, sriov.PF, error) {
 	vf, err := VFOf(b.host, ifc)
 	if err != nil {
-		return "", err
+		return "", sriov.PF{}, err
 	}
 	pf, err := b.host.PF(vf.PF)
 	if err != nil {
-		return "", err
+		return "", sriov.PF{}, err
 	}
 	mode, err := b.host.EswitchMode(pf)
 	if err != nil {
-		return "", err
+		return "", sriov.PF{}, err
 	}
 	if mode != sriov.EswitchSwitchdev {
-		return "", fmt.Errorf("the eswitch of %s is in %s mode, frames of its VFs never reach a representor: %w", pf.Address, mode, ErrUnavailable)
+		return "", sriov.PF{}, fmt.Errorf("the eswitch of %s is in %s mode, frames of its VFs never reach a representor: %w", pf.Address, mode, ErrUnavailable)
 	}
-	return b.host.Representor(vf)
+	rep, err := b.host.Representor(vf)
+	return rep, pf, err
 }
 
 // repState is what the kernel holds about a representor.

@@ -233,10 +233,14 @@ func TestSwitchdevChainOnSimulatedNIC(t *testing.T) {
 	a, b := vfGuest("a", vf0Address, "52:54:00:c5:00:0a"), vfGuest("b", vf1Address, "52:54:00:c5:00:0b")
 	ports := map[string]string{}
 	for _, ifc := range []Iface{a, b} {
-		port, err := backend.(DedicatedPorts).DedicatedPort(ctx, ifc)
+		dl, err := DeliveryOf(ctx, backend, ifc, "")
 		if err != nil {
 			t.Fatal(err)
 		}
+		if !dl.Dedicated || dl.Network != "sriov:"+cx5PF {
+			t.Fatalf("delivery to %s: %+v, want a dedicated port in network sriov:%s", ifc, dl, cx5PF)
+		}
+		port := dl.Port
 		if err := backend.Apply(ctx, ifc, port); err != nil {
 			t.Fatal(err)
 		}

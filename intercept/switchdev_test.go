@@ -114,10 +114,14 @@ func TestSwitchdevDivertsAndRevertsExactly(t *testing.T) {
 	b := s.backend(t)
 	a, c := vfGuest("a", vf0Address, "52:54:00:c5:00:01"), vfGuest("c", vf1Address, "52:54:00:c5:00:02")
 
-	port, err := b.(DedicatedPorts).DedicatedPort(ctx, a)
-	if err != nil || port != rep0 {
-		t.Fatalf("DedicatedPort(a) = %q, %v", port, err)
+	dl, err := DeliveryOf(ctx, b, a, "")
+	if want := (Delivery{Port: rep0, Dedicated: true, Network: "sriov:" + cx5PF}); err != nil || dl != want {
+		t.Fatalf("DeliveryOf(a) = %+v, %v; want %+v", dl, err, want)
 	}
+	if dc, err := DeliveryOf(ctx, b, c, ""); err != nil || dc.Port != rep1 || dc.Network != dl.Network {
+		t.Fatalf("DeliveryOf(c) = %+v, %v: want %s in a's network %s", dc, err, rep1, dl.Network)
+	}
+	port := dl.Port
 	if err := b.Apply(ctx, a, port); err != nil {
 		t.Fatal(err)
 	}

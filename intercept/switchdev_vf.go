@@ -115,3 +115,8 @@ func VFParent(ctx context.Context, h *sriov.Host, netNS, pf string, mac net.Hard
 	}
 	return free, nil
 }
+
+// PFNetwork names the network of the VFs of pf for the DM: they share its
+// NIC's switch, so they are one L2 domain (one flow zone, one broadcast
+// domain) whatever their PCI addresses.
+func PFNetwork(pf sriov.PF) string { return "sriov:" + pf.Address }
