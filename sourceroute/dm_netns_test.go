@@ -98,9 +98,18 @@ func (p *packetPort) WriteBatch(heads, bodies [][]byte) (int, error) {
 // namespace, as the appliances ips and fw. UDP from guest a to guest b
 // must pass ips then fw and arrive byte for byte; a frame ips's rule
 // denies must never arrive, and its drop notice must become an Event.
+//
+// It runs in every dataplane mode: the chained flow takes the userspace
+// path whether or not a fast path is configured.
 func TestDMWithVsafiltersInNamespaces(t *testing.T) {
 	netnstest.RequireRoot(t)
 	bin := vsafiltertest.Build(t, "..")
+	for _, mode := range dataplaneModes {
+		t.Run(mode.name, func(t *testing.T) { testDMWithVsafilters(t, bin, mode.fast, mode.guestXDP) })
+	}
+}
+
+func testDMWithVsafilters(t *testing.T, bin string, fast, guestXDP bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -133,8 +142,13 @@ func TestDMWithVsafiltersInNamespaces(t *testing.T) {
 	ips := vsafiltertest.Start(t, ctx, ipsNS, bin, "ips", "eth0", "[output]\nstats_interval = \"0s\"\n[[rule]]\nname = \"deny-discard\"\naction = \"deny\"\nproto = \"udp\"\ndport = 9\n")
 	fw := vsafiltertest.Start(t, ctx, fwNS, bin, "fw", "eth0", "[output]\nstats_interval = \"0s\"\n")
 
+	if guestXDP {
+		attachPass(t, aNS, "eth0")
+		attachPass(t, bNS, "eth0")
+	}
+
 	events := make(chan Event, 64)
-	e, err := NewEngine(Config{Self: dmSelf, ReturnTimeout: 10 * time.Second,
+	cfg := Config{Self: dmSelf, ReturnTimeout: 10 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Events: func(ev Event) { events <- ev },
 		Open: func(name string) (Port, error) {
@@ -143,7 +157,11 @@ func TestDMWithVsafiltersInNamespaces(t *testing.T) {
 				return nil, err
 			}
 			return p, nil
-		}})
+		}}
+	if fast {
+		cfg.FastPath = newTestFastPath(t, dmNS)
+	}
+	e, err := NewEngine(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
