@@ -12,6 +12,7 @@ import (
 	"github.com/vsagent/vsagent/internal/afpacket"
 	"github.com/vsagent/vsagent/internal/config"
 	"github.com/vsagent/vsagent/internal/netnsutil"
+	"github.com/vsagent/vsagent/internal/xdpfast"
 	"github.com/vsagent/vsagent/sourceroute"
 )
 
@@ -96,6 +97,25 @@ func NewHostDataplane(cfg *config.Config, domains intercept.Domains, hostID, net
 	return NewDistributionManager(DMConfig{
 		Config: cfg, HostID: hostID, Backend: backend, Domains: domains,
 		RedirectPort: redirectTo, InterceptPort: readOn, Open: open, OpenTx: openTx,
-		Logger: log, OnEvent: onEvent,
+		Logger: log, OnEvent: onEvent, FastPath: NewFastPath(cfg, netnsPath, log),
 	})
+}
+
+// NewFastPath loads the kernel fast path for ports in the network namespace
+// at netnsPath ("" for the current one), or returns nil, having said why,
+// when the configuration turns it off or the kernel cannot load it: the
+// userspace path then carries everything.
+func NewFastPath(cfg *config.Config, netnsPath string, log *slog.Logger) sourceroute.FastPath {
+	if !cfg.Dataplane.FastPath {
+		return nil
+	}
+	fp, err := xdpfast.New(xdpfast.Config{
+		Do:         func(fn func() error) error { return netnsutil.Do(netnsPath, fn) },
+		MaxEntries: 2 * cfg.Dataplane.MaxFlows,
+	})
+	if err != nil {
+		log.Warn("no kernel fast path; every frame takes the userspace path", "err", err)
+		return nil
+	}
+	return fp
 }
