@@ -308,6 +308,14 @@ func (f *FastPath) Len() (int, error) {
 	return n, err
 }
 
+// Attach attaches the program to the named port now rather than at its
+// first offload. Frames that can only arrive through a veth's XDP receive
+// path (XDP_TX from the peer) need that.
+func (f *FastPath) Attach(name string) error {
+	_, err := f.ingress(name)
+	return err
+}
+
 // ingress attaches the program to the named port once, in native mode:
 // generic XDP would run after the skb is built and gain nothing.
 func (f *FastPath) ingress(name string) (int, error) {
