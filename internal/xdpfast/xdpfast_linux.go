@@ -287,8 +287,34 @@ func (f *FastPath) Remove(key Entry) (packets, bytes uint64, err error) {
 	return binary.NativeEndian.Uint64(val[vPackets:]), binary.NativeEndian.Uint64(val[vBytes:]), nil
 }
 
-// Visit calls fn with every entry's cookie and counters.
+// Visit calls fn with every entry's cookie and counters. It reads the map
+// in batches (one system call per visitBatch entries), or entry by entry
+// where the kernel cannot.
 func (f *FastPath) Visit(fn func(cookie, packets, bytes uint64)) error {
+	keys := make([]Entry, visitBatch)
+	vals := make([][valueLen]byte, visitBatch)
+	var cursor ebpf.MapBatchCursor
+	for first := true; ; first = false {
+		n, err := f.flows.BatchLookup(&cursor, keys, vals, nil)
+		for _, v := range vals[:n] {
+			fn(binary.NativeEndian.Uint64(v[vCookie:]), binary.NativeEndian.Uint64(v[vPackets:]), binary.NativeEndian.Uint64(v[vBytes:]))
+		}
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return nil
+		case err == nil:
+			continue
+		case first && n == 0:
+			return f.visitEach(fn)
+		default:
+			return fmt.Errorf("xdpfast: read counters: %w", err)
+		}
+	}
+}
+
+const visitBatch = 1024
+
+func (f *FastPath) visitEach(fn func(cookie, packets, bytes uint64)) error {
 	var key Entry
 	var val [valueLen]byte
 	it := f.flows.Iterate()
