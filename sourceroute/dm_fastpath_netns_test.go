@@ -33,6 +33,84 @@ var dataplaneModes = []struct {
 	{"fastpath-fallback", true, false, false},
 }
 
+// newNetnsEngine makes an engine whose ports are packet sockets in dmNS,
+// with the XDP fast path if fast.
+func newNetnsEngine(t *testing.T, dmNS *netnstest.NS, fast bool, cfg Config) *Engine {
+	t.Helper()
+	cfg.Self = dmSelf
+	cfg.Open = func(name string) (Port, error) { return openPacketPort(dmNS, name) }
+	if fast {
+		cfg.FastPath = newTestFastPath(t, dmNS)
+	}
+	e, err := NewEngine(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+// runEngine runs e until the test ends.
+func runEngine(t *testing.T, ctx context.Context, e *Engine) {
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- e.Run(runCtx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+}
+
+// rawGuests are raw sockets on the guests' eth0: one in a to send exact
+// frames, one in b to see the frames from a arrive exactly.
+type rawGuests struct {
+	t    *testing.T
+	ctx  context.Context
+	a, b *packetPort
+	from MAC
+}
+
+func openRawGuests(t *testing.T, ctx context.Context, aNS, bNS *netnstest.NS, from MAC) *rawGuests {
+	t.Helper()
+	g := &rawGuests{t: t, ctx: ctx, from: from}
+	for _, end := range []struct {
+		ns *netnstest.NS
+		p  **packetPort
+	}{{aNS, &g.a}, {bNS, &g.b}} {
+		p, err := openPacketPort(end.ns, "eth0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		*end.p = p
+	}
+	return g
+}
+
+func (g *rawGuests) send(f []byte) {
+	g.t.Helper()
+	if _, err := g.a.WriteBatch([][]byte{nil}, [][]byte{f}); err != nil {
+		g.t.Fatal(err)
+	}
+}
+
+// receive returns the next frame from a that reaches b, or nil after wait.
+func (g *rawGuests) receive(wait time.Duration) []byte {
+	rctx, cancel := context.WithTimeout(g.ctx, wait)
+	defer cancel()
+	out := make([][]byte, 1)
+	for {
+		if _, err := g.b.ReadBatch(rctx, out); err != nil {
+			return nil
+		}
+		if bytes.Equal(out[0][6:12], g.from[:]) {
+			return append([]byte(nil), out[0]...)
+		}
+	}
+}
+
 // tLogWriter sends the engine's logs to the test's, shown on failure.
 type tLogWriter struct{ t *testing.T }
 
@@ -108,16 +186,7 @@ func testDMFastPath(t *testing.T, fast, guestXDP, wantOffload bool) {
 	}
 
 	const idle = time.Second
-	cfg := Config{Self: dmSelf, FlowIdleTimeout: idle, Logger: slog.New(slog.NewTextHandler(tLogWriter{t}, nil)),
-		Open: func(name string) (Port, error) { return openPacketPort(dmNS, name) }}
-	if fast {
-		cfg.FastPath = newTestFastPath(t, dmNS)
-	}
-	e, err := NewEngine(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
+	e := newNetnsEngine(t, dmNS, fast, Config{FlowIdleTimeout: idle, Logger: slog.New(slog.NewTextHandler(tLogWriter{t}, nil))})
 	snapshot := func(pol *PolicyRule) Snapshot {
 		return Snapshot{Guests: []GuestRule{
 			{Name: "a", Ready: true, Policy: pol, Interfaces: []GuestInterface{{MAC: macA, Port: "ga", Dedicated: true}}},
@@ -127,47 +196,11 @@ func testDMFastPath(t *testing.T, fast, guestXDP, wantOffload bool) {
 	if err := e.Update(ctx, snapshot(dmPolicy("open"))); err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stopRun := context.WithCancel(ctx)
-	runDone := make(chan error, 1)
-	go func() { runDone <- e.Run(runCtx) }()
-	defer func() {
-		stopRun()
-		if err := <-runDone; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-
-	aSock, err := openPacketPort(aNS, "eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer aSock.Close()
-	bSock, err := openPacketPort(bNS, "eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bSock.Close()
+	runEngine(t, ctx, e)
+	g := openRawGuests(t, ctx, aNS, bNS, macA)
+	send, receive := g.send, g.receive
 	frame := func(i int) []byte {
 		return dmUDPFrame(macA, macB, "10.9.0.1", "10.9.0.2", 40000, 5000, fmt.Sprintf("datagram %04d", i))
-	}
-	send := func(f []byte) {
-		t.Helper()
-		if _, err := aSock.WriteBatch([][]byte{nil}, [][]byte{f}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	receive := func(wait time.Duration) []byte {
-		rctx, rcancel := context.WithTimeout(ctx, wait)
-		defer rcancel()
-		out := make([][]byte, 1)
-		for {
-			if _, err := bSock.ReadBatch(rctx, out); err != nil {
-				return nil
-			}
-			if bytes.Equal(out[0][6:12], macA[:]) {
-				return append([]byte(nil), out[0]...)
-			}
-		}
 	}
 	// waitFor polls cond, bounded: the engine reads kernel counters back
 	// once a second.
