@@ -240,3 +240,41 @@ func TestDMFastPathRefused(t *testing.T) {
 		t.Errorf("%d offers, %d entries; want one refused offer", fp.offers, h.e.FastPathStats().Entries)
 	}
 }
+
+// TestDMFastPathOffloadRacingRemoval: a worker that found a flow just
+// before the flow was removed (by an Update, an expiry) may add the flow's
+// kernel entry after the removal ran and found nothing to remove. The
+// worker must then take the entry out itself.
+func TestDMFastPathOffloadRacingRemoval(t *testing.T) {
+	fp := newFakeFastPath()
+	fp.refuse = errors.New("not yet")
+	h := newDMHarness(t, Config{FastPath: fp})
+	h.update(openSnapshot())
+	ab := dmUDPFrame(gMAC(1), gMAC(2), "10.0.0.1", "10.0.0.2", 4000, 53, "q")
+	h.inject(dmIntercept, ab)
+	h.sent("tap-b")
+	st := h.e.state.Load()
+	src, dst := st.ifaceByMAC[macKey(ab[6:12])], st.ifaceByMAC[macKey(ab[0:6])]
+	key, _ := ExtractKey(ab, src.zone)
+	v, dir, found := h.e.table.NewWorker().Lookup(&key, h.e.mono())
+	if !found {
+		t.Fatal("no flow")
+	}
+	fe := h.e.slab.at(v.Handle)
+
+	// The removal runs to its end first: no entry yet, nothing to remove.
+	h.e.table.Delete(&key)
+	// Then the worker, with its view from before, offloads.
+	fp.refuse = nil
+	fe.fast[dir].Store(fastNone)
+	op := st.ports[dmIntercept]
+	h.e.mu.Lock()
+	w := h.e.workers[op]
+	h.e.mu.Unlock()
+	w.offload(fe, v.Handle, dir, src, dst, ab)
+
+	if fp.offers != 2 || len(fp.paths()) != 0 || h.e.FastPathStats().Entries != 0 {
+		t.Errorf("%d offers, entries %v, stats %+v; want the entry added and taken out again",
+			fp.offers, fp.paths(), h.e.FastPathStats())
+	}
+}
