@@ -65,6 +65,8 @@ const (
 // Frame offsets the program reads: untagged Ethernet, IPv4 without options.
 const (
 	ethLen       = 14
+	ipLenOff     = ethLen + 2
+	minIPTotal   = 20 + 4 // the header and the ports
 	ipProtoOff   = ethLen + 9
 	ipFragOff    = ethLen + 6
 	ipSaddrOff   = ethLen + 12
@@ -141,6 +143,8 @@ func New(cfg Config) (*FastPath, error) {
 // program forwards a frame whose key is in the map to the entry's port and
 // counts it there; everything else goes on to the stack and the DM's ring.
 // Frames it does not parse are passed: the userspace path decides those.
+// Its constants for multi-byte header fields assume a little-endian host
+// (x86-64, arm64), as does KeyOf's layout of the interface index.
 func program(mapFD int) asm.Instructions {
 	return asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
@@ -149,12 +153,21 @@ func program(mapFD int) asm.Instructions {
 		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, minUDPFrame),
 		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+		asm.Mov.Reg(asm.R8, asm.R3),
+		asm.Sub.Reg(asm.R8, asm.R2), // frame length, for the checks and the byte counter
 		// EtherType IPv4 (bytes 08 00, loaded little-endian), no tag.
 		asm.LoadMem(asm.R5, asm.R2, 12, asm.Half),
 		asm.JNE.Imm(asm.R5, 0x0008, "pass"),
 		// Version 4, no options: the ports are at a fixed offset.
 		asm.LoadMem(asm.R5, asm.R2, ethLen, asm.Byte),
 		asm.JNE.Imm(asm.R5, 0x45, "pass"),
+		// The IP total length covers the ports and fits the frame, as the
+		// userspace path's key extraction demands (else: malformed).
+		asm.LoadMem(asm.R5, asm.R2, ipLenOff, asm.Half),
+		asm.HostTo(asm.BE, asm.R5, asm.Half),
+		asm.JLT.Imm(asm.R5, minIPTotal, "pass"),
+		asm.Add.Imm(asm.R5, ethLen),
+		asm.JGT.Reg(asm.R5, asm.R8, "pass"),
 		// No fragment: MF and the offset (bytes 20-21, little-endian load).
 		asm.LoadMem(asm.R5, asm.R2, ipFragOff, asm.Half),
 		asm.And.Imm(asm.R5, 0xff3f),
@@ -171,9 +184,7 @@ func program(mapFD int) asm.Instructions {
 		asm.And.Imm(asm.R5, tcpSynFinRst),
 		asm.JNE.Imm(asm.R5, 0, "pass"),
 
-		asm.Mov.Reg(asm.R8, asm.R3).WithSymbol("key"),
-		asm.Sub.Reg(asm.R8, asm.R2),               // frame length, for the byte counter
-		asm.LoadMem(asm.R1, asm.R6, 12, asm.Word), // ingress_ifindex
+		asm.LoadMem(asm.R1, asm.R6, 12, asm.Word).WithSymbol("key"), // ingress_ifindex
 		asm.StoreMem(asm.RFP, -KeyLen+kIfindex, asm.R1, asm.Word),
 		asm.LoadMem(asm.R1, asm.R2, 0, asm.Word),
 		asm.StoreMem(asm.RFP, -KeyLen+kDst, asm.R1, asm.Word),
@@ -223,6 +234,9 @@ func KeyOf(ifindex int, frame []byte) (key Entry, ok bool) {
 	if len(frame) < minUDPFrame || binary.BigEndian.Uint16(frame[12:]) != unix.ETH_P_IP || frame[ethLen] != 0x45 ||
 		binary.BigEndian.Uint16(frame[ipFragOff:])&0x3fff != 0 {
 		return key, false
+	}
+	if total := int(binary.BigEndian.Uint16(frame[ipLenOff:])); total < minIPTotal || ethLen+total > len(frame) {
+		return key, false // malformed for the userspace path, which drops it
 	}
 	proto := frame[ipProtoOff]
 	switch {

@@ -60,6 +60,10 @@ var frameCases = []struct {
 	{"vlan tagged", edit(udp(60), func(f []byte) { binary.BigEndian.PutUint16(f[12:], unix.ETH_P_8021Q) }), false, false},
 	{"ipv6", edit(udp(60), func(f []byte) { binary.BigEndian.PutUint16(f[12:], unix.ETH_P_IPV6) }), false, false},
 	{"short", udp(60)[:minUDPFrame-1], false, false},
+	{"ip total below the ports", edit(udp(60), func(f []byte) { binary.BigEndian.PutUint16(f[ipLenOff:], 22) }), false, false},
+	{"ip total beyond the frame", edit(udp(60), func(f []byte) { binary.BigEndian.PutUint16(f[ipLenOff:], 47) }), false, false},
+	{"ip total at the frame's end", edit(udp(60), func(f []byte) { binary.BigEndian.PutUint16(f[ipLenOff:], 46) }), true, true},
+	{"ethernet padding", edit(udp(60), func(f []byte) { binary.BigEndian.PutUint16(f[ipLenOff:], 28) }), true, true},
 }
 
 // loProgram loads a FastPath and checks that BPF_PROG_RUN can run it on
