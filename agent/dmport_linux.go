@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 
@@ -94,11 +95,16 @@ func NewHostDataplane(cfg *config.Config, domains intercept.Domains, hostID, net
 		return nil, fmt.Errorf("intercept backend %q: %w", cfg.Intercept.Backend, err)
 	}
 	open, openTx := PacketPorts(netnsPath)
-	return NewDistributionManager(DMConfig{
+	fast := NewFastPath(cfg, netnsPath, log)
+	dm, err := NewDistributionManager(DMConfig{
 		Config: cfg, HostID: hostID, Backend: backend, Domains: domains,
 		RedirectPort: redirectTo, InterceptPort: readOn, Open: open, OpenTx: openTx,
-		Logger: log, OnEvent: onEvent, FastPath: NewFastPath(cfg, netnsPath, log),
+		Logger: log, OnEvent: onEvent, FastPath: fast,
 	})
+	if c, ok := fast.(io.Closer); ok && err != nil {
+		c.Close()
+	}
+	return dm, err
 }
 
 // NewFastPath loads the kernel fast path for ports in the network namespace
