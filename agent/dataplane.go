@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"slices"
@@ -44,6 +45,10 @@ type DMConfig struct {
 	Logger       *slog.Logger
 	// OnEvent receives the engine's events (drop notices, timeouts, …).
 	OnEvent func(sourceroute.Event)
+	// FastPath, if set and [dataplane] fast_path is on, forwards
+	// established flows that take no chain in the kernel (see
+	// NewFastPath). Run closes it after the engine, if it is an io.Closer.
+	FastPath sourceroute.FastPath
 }
 
 // DistributionManager is the agent's Dataplane: it diverts guests'
@@ -89,6 +94,9 @@ func NewDistributionManager(cfg DMConfig) (*DistributionManager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: %w", err)
 	}
+	if !dp.FastPath {
+		cfg.FastPath = nil
+	}
 	d := &DistributionManager{cfg: cfg, log: cfg.Logger, guests: make(map[string]*dmGuest)}
 	eng, err := sourceroute.NewEngine(sourceroute.Config{
 		Codec:           codec,
@@ -102,6 +110,7 @@ func NewDistributionManager(cfg DMConfig) (*DistributionManager, error) {
 		OpenTx:          cfg.OpenTx,
 		Logger:          cfg.Logger,
 		Events:          cfg.OnEvent,
+		FastPath:        cfg.FastPath,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: %w", err)
@@ -125,7 +134,11 @@ func (d *DistributionManager) Engine() *sourceroute.Engine { return d.engine }
 // place when it returns: fail closed until the next start.
 func (d *DistributionManager) Run(ctx context.Context) error {
 	err := d.engine.Run(ctx)
-	return errors.Join(err, d.engine.Close())
+	err = errors.Join(err, d.engine.Close())
+	if c, ok := d.cfg.FastPath.(io.Closer); ok {
+		err = errors.Join(err, c.Close())
+	}
+	return err
 }
 
 // Attach wires one guest: the engine learns it (and the appliance instances

@@ -136,7 +136,8 @@ func (l *dpLab) start(t *testing.T, cfgText string) (stop func()) {
 			return []string{l.links[inst.Appliance]}, nil
 		},
 		RedirectPort: redirectTo, InterceptPort: readOn, Open: open, OpenTx: openTx, Logger: quietLogger(),
-		OnEvent: func(e sourceroute.Event) { ag.RecordDataplaneEvent(e) },
+		OnEvent:  func(e sourceroute.Event) { ag.RecordDataplaneEvent(e) },
+		FastPath: NewFastPath(cfg, l.hostPath, quietLogger()),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -261,7 +262,16 @@ func (l *dpLab) hasEvent(kind EventKind, appliance string) bool {
 	})
 }
 
+// TestDataplaneChainInNamespaces runs with the kernel fast path off and
+// on: chained flows take the userspace path either way, and the fast path
+// must change nothing they see.
 func TestDataplaneChainInNamespaces(t *testing.T) {
+	for _, fast := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fast_path=%v", fast), func(t *testing.T) { testDataplaneChain(t, fast) })
+	}
+}
+
+func testDataplaneChain(t *testing.T, fast bool) {
 	l := newDPLab(t)
 	l.host.AddBridge(t, "br0")
 	l.host.AddBridge(t, "br1")
@@ -280,7 +290,7 @@ func TestDataplaneChainInNamespaces(t *testing.T) {
 		before[name] = d
 	}
 
-	l.start(t, dataplaneConfig)
+	l.start(t, strings.Replace(dataplaneConfig, "[dataplane]\n", fmt.Sprintf("[dataplane]\nfast_path = %v\n", fast), 1))
 	for _, name := range []string{"web-1", "web-2"} {
 		l.defineGuest(t, name, "br0")
 	}

@@ -17,17 +17,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/vsagent/vsagent/internal/afpacket"
 	"github.com/vsagent/vsagent/internal/netnstest"
+	"github.com/vsagent/vsagent/internal/xdpfast"
 	"github.com/vsagent/vsagent/internal/xdpgen"
 	"github.com/vsagent/vsagent/sourceroute"
 )
 
-// Sizes of one measurement. Three rounds of three modes of (warm-up +
-// window) per frame size keep the whole benchmark near one minute.
+// Sizes of one measurement. Three rounds of four modes of (warm-up +
+// window) per frame size keep the whole benchmark near a minute and a half.
 const (
 	fwdRounds  = 3
 	fwdWarmup  = 500 * time.Millisecond
@@ -72,6 +74,13 @@ var (
 //     for the destination; br_netfilter's hooks off if the module is loaded.
 //   - pass-through: the DM engine reads ga (a Dedicated guest port, AF_PACKET
 //     TPACKET_V3 ring) and writes to gb; both guests unmanaged.
+//   - pass-fast: the same with the kernel fast path (internal/xdpfast): the
+//     engine classifies each flow's first frame and offloads it, and the
+//     XDP program on ga redirects the rest to gb. Its XDP receive work runs
+//     in the softirq of the CPU that sent the frame, the generator's (RPS
+//     moves the other modes' work off that CPU only once an skb exists),
+//     so where pass-fast equals offered-pps the generator, sharing its
+//     core with the fast path, is the limit and the ratio a lower bound.
 //   - chain: the source guest's policy has the chain [a1, a2] of header
 //     appliances; each appliance is a reflector in its own namespace (an
 //     AF_PACKET ring that parses the MSR header, advances it and sends the
@@ -85,7 +94,7 @@ var (
 // priorities this takes on a shared machine.
 //
 // Metrics are medians of fwdRounds windows: pps (pass-through),
-// bridge-pps, chain-pps, their ratios to the bridge; offered-pps, the
+// bridge-pps, fast-pps, chain-pps, their ratios to the bridge; offered-pps, the
 // lowest generator rate of any window (it must exceed every pps for the
 // figures to measure the forwarder); gen-ns/frame, the generator thread's
 // CPU time per frame sent. ns/op is the whole run's time, meaningless.
@@ -107,6 +116,22 @@ type fwdTopology struct {
 	genIfindex      int
 	cpus            *fwdCPUs
 	reflected       [2]*atomic.Uint64
+	pass            *ebpf.Program
+}
+
+// setSrcPortXDP attaches the program fd to ga (-1 detaches): the pass
+// program, which the generator's XDP_TX frames need, except while the fast
+// path's own program takes its place.
+func (t *fwdTopology) setSrcPortXDP(b *testing.B, fd int) {
+	if err := t.host.Do(func() error {
+		l, err := netlink.LinkByName(fwdSrcPort)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetXdpFd(l, fd)
+	}); err != nil {
+		b.Fatalf("XDP program %d on %s: %v", fd, fwdSrcPort, err)
+	}
 }
 
 func newFwdTopology(b *testing.B) *fwdTopology {
@@ -130,14 +155,19 @@ func newFwdTopology(b *testing.B) *fwdTopology {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { pass.Close() })
-	if err := t.host.Do(func() error {
-		l, err := netlink.LinkByName(fwdSrcPort)
+	t.pass = pass
+	t.setSrcPortXDP(b, pass.FD())
+	// Frames the fast path redirects out of gb reach s0 only through s0's
+	// XDP receive path too. Every mode runs with it, so that the sink is
+	// the same for all.
+	if err := t.sink.Do(func() error {
+		l, err := netlink.LinkByName(fwdSinkLink)
 		if err != nil {
 			return err
 		}
 		return netlink.LinkSetXdpFd(l, pass.FD())
 	}); err != nil {
-		b.Fatalf("attach XDP to %s: %v", fwdSrcPort, err)
+		b.Fatalf("attach XDP to %s: %v", fwdSinkLink, err)
 	}
 
 	t.steerReceiveAwayFromGenerator(b)
@@ -380,9 +410,10 @@ func startReflector(b *testing.B, ns *netnstest.NS, self sourceroute.MAC) *atomi
 type fwdMode string
 
 const (
-	modeBridge fwdMode = "bridge"
-	modePass   fwdMode = "pass-through"
-	modeChain  fwdMode = "chain"
+	modeBridge   fwdMode = "bridge"
+	modePass     fwdMode = "pass-through"
+	modePassFast fwdMode = "pass-fast"
+	modeChain    fwdMode = "chain"
 )
 
 // fwdSample is one window: what the sink received, what the generator
@@ -400,7 +431,7 @@ func (t *fwdTopology) bench(b *testing.B, size int) {
 		b.Fatal(err)
 	}
 	defer gen.Close()
-	modes := []fwdMode{modeBridge, modePass, modeChain}
+	modes := []fwdMode{modeBridge, modePass, modePassFast, modeChain}
 	samples := map[fwdMode][]fwdSample{}
 	b.ResetTimer()
 	for round := range fwdRounds {
@@ -411,7 +442,7 @@ func (t *fwdTopology) bench(b *testing.B, size int) {
 			case modeBridge:
 				s = t.withBridge(b, func() fwdSample { return t.measure(b, gen) })
 			default:
-				s, note = t.withDM(b, m == modeChain, func() fwdSample { return t.measure(b, gen) })
+				s, note = t.withDM(b, m == modeChain, m == modePassFast, func() fwdSample { return t.measure(b, gen) })
 			}
 			b.Logf("%dB round %d %-12s %7.0f pps  offered %7.0f  arrived at %s %7.0f  generator %3.0f%% of a CPU, %4.0f ns/frame%s",
 				size, round+1, m, s.pps, s.offered, fwdSrcPort, s.arrived, 100*s.genShare, s.genNsPerFrame, note)
@@ -426,8 +457,10 @@ func (t *fwdTopology) bench(b *testing.B, size int) {
 	b.ReportMetric(pps(modePass), "pps")
 	b.ReportMetric(bridge, "bridge-pps")
 	b.ReportMetric(pps(modeChain), "chain-pps")
+	b.ReportMetric(pps(modePassFast), "fast-pps")
 	if bridge > 0 {
 		b.ReportMetric(pps(modePass)/bridge, "pass/bridge")
+		b.ReportMetric(pps(modePassFast)/bridge, "fast/bridge")
 		b.ReportMetric(pps(modeChain)/bridge, "chain/bridge")
 	}
 	lowest := -1.0
@@ -587,16 +620,36 @@ func (t *fwdTopology) withBridge(b *testing.B, run func() fwdSample) fwdSample {
 
 // withDM runs the DM engine on the host namespace's ports for the
 // duration of run, and notes the engine's drops, if any.
-func (t *fwdTopology) withDM(b *testing.B, chain bool, run func() fwdSample) (fwdSample, string) {
+func (t *fwdTopology) withDM(b *testing.B, chain, fast bool, run func() fwdSample) (fwdSample, string) {
 	open, openTx := PacketPorts(t.hostPath)
-	eng, err := sourceroute.NewEngine(sourceroute.Config{
+	cfg := sourceroute.Config{
 		Codec:    sourceroute.DefaultCodec(),
 		Self:     DMMAC("bench-host"),
 		MaxFlows: 1 << 16,
 		Open:     open,
 		OpenTx:   openTx,
 		Logger:   quietLogger(),
-	})
+	}
+	var fp *xdpfast.FastPath
+	if fast {
+		var err error
+		fp, err = xdpfast.New(xdpfast.Config{Do: t.host.Do, MaxEntries: 1 << 17})
+		if err != nil {
+			b.Skipf("no XDP fast path: %v", err)
+		}
+		t.setSrcPortXDP(b, -1)
+		if err := fp.Attach(fwdSrcPort); err != nil {
+			b.Fatal(err)
+		}
+		defer func() {
+			if err := fp.Close(); err != nil {
+				b.Error(err)
+			}
+			t.setSrcPortXDP(b, t.pass.FD())
+		}()
+		cfg.FastPath = fp
+	}
+	eng, err := sourceroute.NewEngine(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -634,6 +687,10 @@ func (t *fwdTopology) withDM(b *testing.B, chain bool, run func() fwdSample) (fw
 	}
 	c := eng.Counters()
 	var note string
+	if fast {
+		st := eng.FastPathStats()
+		note = fmt.Sprintf("  fast-path entries %d, kernel-forwarded %d", st.Entries, st.Frames)
+	}
 	if chain {
 		note = fmt.Sprintf("  reflected %d/%d", t.reflected[0].Load()-reflected0[0], t.reflected[1].Load()-reflected0[1])
 	}

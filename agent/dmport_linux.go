@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/vsagent/vsagent/internal/afpacket"
 	"github.com/vsagent/vsagent/internal/config"
 	"github.com/vsagent/vsagent/internal/netnsutil"
+	"github.com/vsagent/vsagent/internal/xdpfast"
 	"github.com/vsagent/vsagent/sourceroute"
 )
 
@@ -126,9 +128,33 @@ func NewHostDataplane(cfg *config.Config, domains intercept.Domains, hostID, net
 		return nil, fmt.Errorf("intercept backend %q: %w", cfg.Intercept.Backend, err)
 	}
 	open, openTx := PacketPorts(netnsPath)
-	return NewDistributionManager(DMConfig{
+	fast := NewFastPath(cfg, netnsPath, log)
+	dm, err := NewDistributionManager(DMConfig{
 		Config: cfg, HostID: hostID, Backend: backend, Domains: domains,
 		RedirectPort: redirectTo, InterceptPort: readOn, Open: open, OpenTx: openTx,
-		Logger: log, OnEvent: onEvent,
+		Logger: log, OnEvent: onEvent, FastPath: fast,
 	})
+	if c, ok := fast.(io.Closer); ok && err != nil {
+		c.Close()
+	}
+	return dm, err
+}
+
+// NewFastPath loads the kernel fast path for ports in the network namespace
+// at netnsPath ("" for the current one), or returns nil, having said why,
+// when the configuration turns it off or the kernel cannot load it: the
+// userspace path then carries everything.
+func NewFastPath(cfg *config.Config, netnsPath string, log *slog.Logger) sourceroute.FastPath {
+	if !cfg.Dataplane.FastPath {
+		return nil
+	}
+	fp, err := xdpfast.New(xdpfast.Config{
+		Do:         func(fn func() error) error { return netnsutil.Do(netnsPath, fn) },
+		MaxEntries: 2 * cfg.Dataplane.MaxFlows,
+	})
+	if err != nil {
+		log.Warn("no kernel fast path; every frame takes the userspace path", "err", err)
+		return nil
+	}
+	return fp
 }

@@ -105,6 +105,9 @@ type Config struct {
 	Events func(Event)
 	// EventBuffer is the event queue's length. Default 1024.
 	EventBuffer int
+	// FastPath, if set, forwards established flows that take no chain in
+	// the kernel (see dm_fastpath.go).
+	FastPath FastPath
 }
 
 // Defaults of Config.
@@ -201,6 +204,7 @@ type Engine struct {
 	eventsLost atomic.Uint64
 
 	uplink *endpoint // persistent: flows keep pointing at it across updates
+	fast   *fastPath // nil without Config.FastPath
 
 	updateMu sync.Mutex // serialises Update and Close; guards the registry
 	reg      registry
@@ -246,10 +250,13 @@ func NewEngine(cfg Config) (*Engine, error) {
 	e.table, err = NewFlowTable(FlowTableConfig{
 		Capacity:    cfg.MaxFlows,
 		IdleTimeout: cfg.FlowIdleTimeout,
-		OnRemove:    e.slab.onRemove,
+		OnRemove:    e.flowRemoved,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadEngineConfig, err)
+	}
+	if cfg.FastPath != nil {
+		e.fast = newFastPath(cfg.FastPath, e.table)
 	}
 	st := e.emptyState()
 	for _, name := range []string{cfg.InterceptPort, cfg.UplinkPort} {

@@ -197,6 +197,9 @@ func (e *Engine) allCounters() []*workerCounters {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	list := []*workerCounters{e.retired, e.maintCtr}
+	if e.fast != nil {
+		list = append(list, e.fast.ctr.Load())
+	}
 	for _, w := range e.workers {
 		list = append(list, w.counters())
 	}
@@ -259,6 +262,7 @@ func (e *Engine) Counters() Counters {
 		out.Ports[name] = PortCounters{RxFrames: p.rxFrames.Load(), RxBytes: p.rxBytes.Load(), RxErrors: p.rxErrors.Load(),
 			TxFrames: p.txFrames.Load(), TxBytes: p.txBytes.Load(), TxErrors: p.txErrors.Load()}
 	}
+	e.fastPortCounters(out.Ports, st)
 	var all [engineFields]uint64
 	for _, c := range e.allCounters() {
 		sumCounters(all[:], c.engine[:])
@@ -427,6 +431,7 @@ func (e *Engine) maintain(ctx context.Context) {
 
 // reclaim expires idle flows and makes removed flows' entries reusable.
 func (e *Engine) reclaim(ctx context.Context, now int64) {
+	e.syncFast(now)
 	batch := e.slab.takePending()
 	// Expire locks every shard in turn, so once it returns every removal
 	// queued above has also finished taking its flow out of the table: no

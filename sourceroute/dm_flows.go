@@ -76,6 +76,7 @@ type flowEntry struct {
 	bytes    [2]atomic.Uint64
 	notices  atomic.Uint32
 	timeouts atomic.Uint32
+	fast     [2]atomic.Uint32 // per Direction: fastNone, fastOn, …
 }
 
 const (
@@ -179,6 +180,7 @@ func (s *flowSlab) release(batch []uint32) {
 			fe.ret[d].Store(0)
 			fe.packets[d].Store(0)
 			fe.bytes[d].Store(0)
+			fe.fast[d].Store(fastNone)
 		}
 		fe.notices.Store(0)
 		fe.timeouts.Store(0)

@@ -98,9 +98,18 @@ func (p *packetPort) WriteBatch(heads, bodies [][]byte) (int, error) {
 // namespace, as the appliances ips and fw. UDP from guest a to guest b
 // must pass ips then fw and arrive byte for byte; a frame ips's rule
 // denies must never arrive, and its drop notice must become an Event.
+//
+// It runs in every dataplane mode: the chained flow takes the userspace
+// path whether or not a fast path is configured.
 func TestDMWithVsafiltersInNamespaces(t *testing.T) {
 	netnstest.RequireRoot(t)
 	bin := vsafiltertest.Build(t, "..")
+	for _, mode := range dataplaneModes {
+		t.Run(mode.name, func(t *testing.T) { testDMWithVsafilters(t, bin, mode.fast, mode.guestXDP) })
+	}
+}
+
+func testDMWithVsafilters(t *testing.T, bin string, fast, guestXDP bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -133,21 +142,15 @@ func TestDMWithVsafiltersInNamespaces(t *testing.T) {
 	ips := vsafiltertest.Start(t, ctx, ipsNS, bin, "ips", "eth0", "[output]\nstats_interval = \"0s\"\n[[rule]]\nname = \"deny-discard\"\naction = \"deny\"\nproto = \"udp\"\ndport = 9\n")
 	fw := vsafiltertest.Start(t, ctx, fwNS, bin, "fw", "eth0", "[output]\nstats_interval = \"0s\"\n")
 
-	events := make(chan Event, 64)
-	e, err := NewEngine(Config{Self: dmSelf, ReturnTimeout: 10 * time.Second,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Events: func(ev Event) { events <- ev },
-		Open: func(name string) (Port, error) {
-			p, err := openPacketPort(dmNS, name)
-			if err != nil {
-				return nil, err
-			}
-			return p, nil
-		}})
-	if err != nil {
-		t.Fatal(err)
+	if guestXDP {
+		attachPass(t, aNS, "eth0")
+		attachPass(t, bNS, "eth0")
 	}
-	t.Cleanup(func() { e.Close() })
+
+	events := make(chan Event, 64)
+	e := newNetnsEngine(t, dmNS, fast, Config{ReturnTimeout: 10 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Events: func(ev Event) { events <- ev }})
 	pol := dmPolicy("protected", "ips", "fw")
 	if err := e.Update(ctx, Snapshot{
 		Guests: []GuestRule{
@@ -161,29 +164,12 @@ func TestDMWithVsafiltersInNamespaces(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stopRun := context.WithCancel(ctx)
-	runDone := make(chan error, 1)
-	go func() { runDone <- e.Run(runCtx) }()
-	defer func() {
-		stopRun()
-		if err := <-runDone; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	runEngine(t, ctx, e)
 
-	// The guests: a raw socket in a to send exact frames, one in b to see
-	// them arrive exactly, and a UDP socket in b so its kernel accepts
-	// them quietly.
-	aSock, err := openPacketPort(aNS, "eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer aSock.Close()
-	bSock, err := openPacketPort(bNS, "eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bSock.Close()
+	// The guests: raw sockets to send and see exact frames, and a UDP
+	// socket in b so its kernel accepts them quietly.
+	g := openRawGuests(t, ctx, aNS, bNS, macA)
+	send, receive := g.send, g.receive
 	var udpB net.PacketConn
 	if err := bNS.Do(func() (err error) { udpB, err = net.ListenPacket("udp4", "10.9.0.2:5000"); return err }); err != nil {
 		t.Fatal(err)
@@ -193,27 +179,6 @@ func TestDMWithVsafiltersInNamespaces(t *testing.T) {
 	frameTo := func(dport uint16, payload string) []byte {
 		return dmUDPFrame(macA, macB, "10.9.0.1", "10.9.0.2", 40000, dport, payload)
 	}
-	send := func(f []byte) {
-		t.Helper()
-		if _, err := aSock.WriteBatch([][]byte{nil}, [][]byte{f}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// receive returns the next UDP frame from a that reaches b, or nil.
-	receive := func(wait time.Duration) []byte {
-		rctx, rcancel := context.WithTimeout(ctx, wait)
-		defer rcancel()
-		out := make([][]byte, 1)
-		for {
-			if _, err := bSock.ReadBatch(rctx, out); err != nil {
-				return nil
-			}
-			if bytes.Equal(out[0][6:12], macA[:]) {
-				return append([]byte(nil), out[0]...)
-			}
-		}
-	}
-
 	// Prove the whole path first (links and processes settle), bounded.
 	probe := frameTo(5000, "probe")
 	for attempt := 0; receive(time.Second) == nil; attempt++ {

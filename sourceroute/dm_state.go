@@ -563,6 +563,7 @@ func (e *Engine) Update(ctx context.Context, s Snapshot) error {
 			waitErr = e.synchronize(ctx)
 		}
 	}
+	e.revalidateFast(ns)
 	e.retire(ns)
 	e.log.Info("distribution manager rules updated", "guests", len(ns.guests), "instances", len(ns.instByMAC),
 		"ports", len(ns.ports), "flows_deleted", deleted, "flows", e.table.Len())
@@ -635,6 +636,7 @@ func (e *Engine) retire(ns *state) {
 			if err := closePort(p.p); err != nil {
 				e.log.Warn("closing a port", "port", name, "err", err)
 			}
+			e.fastPortClosed(p)
 			r.portIDs.put(p.idx)
 		}
 	}

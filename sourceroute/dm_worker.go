@@ -359,6 +359,9 @@ func (w *worker) forward(st *state, src, dst *endpoint, zone uint16, frame []byt
 		rt := fe.dec.rt[dir]
 		if rt == nil {
 			w.deliver(dst, frame)
+			if w.e.fast != nil && !src.remote && fe.fast[dir].Load() == fastNone {
+				w.offload(fe, v.Handle, dir, src, dst, frame)
+			}
 			return
 		}
 		if w.toHop(fe, dir, rt, 0, frame) {

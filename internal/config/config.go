@@ -55,6 +55,10 @@ type Dataplane struct {
 	MaxFlows        int           // max_flows
 	Workers         int           // workers; 0 means one per CPU
 	Port            string        // port: the DM's own interface
+	// FastPath lets the kernel forward established flows that take no
+	// chain (XDP on the ports guest frames arrive on); where it cannot,
+	// those flows stay on the userspace path.
+	FastPath bool // fast_path
 }
 
 // Intercept is the [intercept] table.
@@ -202,6 +206,7 @@ func defaults() *Config {
 			MaxFlows:        1_000_000,
 			Workers:         0,
 			Port:            "vsa-dm0",
+			FastPath:        true,
 		},
 		Intercept: Intercept{Backend: "tc-redirect"},
 		Scaling: Scaling{

@@ -65,6 +65,7 @@ func (l *loader) dataplane(t *table) {
 	t.duration("flow_idle_timeout", &dp.FlowIdleTimeout, time.Second)
 	t.intField("max_flows", &dp.MaxFlows, 1, 100_000_000)
 	t.intField("workers", &dp.Workers, 0, 1024)
+	t.boolean("fast_path", &dp.FastPath)
 	if t.str("port", &dp.Port) {
 		if err := checkIfName(dp.Port); err != nil {
 			t.errorf("port", "%v", err)

@@ -1,0 +1,528 @@
+//go:build linux
+
+package xdpfast
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+)
+
+// Errors Offload wraps when a port cannot take part; the flow then stays
+// on the userspace path.
+var (
+	// ErrIngress: the program cannot be attached to the port frames arrive
+	// on (no native XDP, or an MTU too large for it on a veth).
+	ErrIngress = errors.New("xdpfast: cannot attach XDP to the receiving port")
+	// ErrEgress: the port frames would leave by cannot take XDP-redirected
+	// frames (a veth whose peer runs neither XDP nor GRO, a device without
+	// ndo_xdp_xmit).
+	ErrEgress = errors.New("xdpfast: destination port cannot receive redirected frames")
+	// ErrUnsupported: the kernel cannot load the program or its map.
+	ErrUnsupported = errors.New("xdpfast: kernel lacks XDP support")
+)
+
+// KeyLen is the size of an entry's key.
+const KeyLen = 32
+
+// Entry identifies one offloaded flow direction: the map key, which is
+// also what the program builds from a frame.
+type Entry = [KeyLen]byte
+
+// Layout of the map key (all fields at aligned offsets, as the verifier
+// demands for stack writes). Addresses and ports keep network byte order;
+// the interface index and protocol are host-order words.
+const (
+	kIfindex = 0  // u32: where the frame arrived
+	kDst     = 4  // 6 bytes: destination MAC
+	kSrc     = 10 // 6 bytes: source MAC
+	kSaddr   = 16 // IPv4 source
+	kDaddr   = 20 // IPv4 destination
+	kPorts   = 24 // source and destination port
+	kProto   = 28 // u32: IP protocol
+)
+
+// Layout of the map value.
+const (
+	vOut     = 0 // u32: ifindex to redirect to
+	vCookie  = 8
+	vPackets = 16
+	vBytes   = 24
+	valueLen = 32
+)
+
+// Frame offsets the program reads: untagged Ethernet, IPv4 without options.
+const (
+	ethLen       = 14
+	ipLenOff     = ethLen + 2
+	minIPTotal   = 20 + 4 // the header and the ports
+	ipProtoOff   = ethLen + 9
+	ipFragOff    = ethLen + 6
+	ipSaddrOff   = ethLen + 12
+	ipDaddrOff   = ethLen + 16
+	l4Off        = ethLen + 20
+	tcpFlagsOff  = l4Off + 13
+	minUDPFrame  = l4Off + 8
+	minTCPFrame  = l4Off + 14
+	tcpSynFinRst = 0x07
+)
+
+const (
+	xdpPass           = 2
+	netdevCmdDevGet   = 1 // NETDEV_CMD_DEV_GET
+	netdevAIfindex    = 1 // NETDEV_A_DEV_IFINDEX
+	netdevAXDPFeat    = 3 // NETDEV_A_DEV_XDP_FEATURES
+	xdpActNdoXmit     = 1 << 2
+	egressRecheck     = time.Second
+	defaultMaxEntries = 1 << 21
+)
+
+// Config configures New.
+type Config struct {
+	// Do runs fn in the network namespace of the DM's ports, on a thread
+	// locked to it; nil runs fn in the caller's.
+	Do func(fn func() error) error
+	// MaxEntries bounds the kernel map (flow directions). Entries are
+	// allocated as used. Default 2 097 152.
+	MaxEntries int
+}
+
+// FastPath owns the map, the program and its attachments.
+type FastPath struct {
+	cfg   Config
+	flows *ebpf.Map
+	prog  *ebpf.Program
+
+	mu    sync.Mutex
+	ports map[string]*port
+}
+
+type port struct {
+	ifindex int
+	in      link.Link
+	inErr   error
+	outOK   bool
+	outErr  error
+	checked time.Time
+}
+
+// New loads the map and the program. It fails with ErrUnsupported where
+// the kernel cannot load them; callers keep their userspace path then.
+func New(cfg Config) (*FastPath, error) {
+	if cfg.Do == nil {
+		cfg.Do = func(fn func() error) error { return fn() }
+	}
+	if cfg.MaxEntries <= 0 {
+		cfg.MaxEntries = defaultMaxEntries
+	}
+	flows, err := ebpf.NewMap(&ebpf.MapSpec{Name: "vsa_fast_flows", Type: ebpf.Hash, KeySize: KeyLen, ValueSize: valueLen,
+		MaxEntries: uint32(cfg.MaxEntries), Flags: unix.BPF_F_NO_PREALLOC})
+	if err != nil {
+		return nil, fmt.Errorf("%w: flow map: %w", ErrUnsupported, err)
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "vsa_fast", Type: ebpf.XDP, License: "GPL",
+		Instructions: program(flows.FD())})
+	if err != nil {
+		flows.Close()
+		return nil, fmt.Errorf("%w: program: %w", ErrUnsupported, err)
+	}
+	return &FastPath{cfg: cfg, flows: flows, prog: prog, ports: map[string]*port{}}, nil
+}
+
+// program forwards a frame whose key is in the map to the entry's port and
+// counts it there; everything else goes on to the stack and the DM's ring.
+// Frames it does not parse are passed: the userspace path decides those.
+// Its constants for multi-byte header fields assume a little-endian host
+// (x86-64, arm64), as does KeyOf's layout of the interface index.
+func program(mapFD int) asm.Instructions {
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word), // data
+		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word), // data_end
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, minUDPFrame),
+		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+		asm.Mov.Reg(asm.R8, asm.R3),
+		asm.Sub.Reg(asm.R8, asm.R2), // frame length, for the checks and the byte counter
+		// EtherType IPv4 (bytes 08 00, loaded little-endian), no tag.
+		asm.LoadMem(asm.R5, asm.R2, 12, asm.Half),
+		asm.JNE.Imm(asm.R5, 0x0008, "pass"),
+		// Version 4, no options: the ports are at a fixed offset.
+		asm.LoadMem(asm.R5, asm.R2, ethLen, asm.Byte),
+		asm.JNE.Imm(asm.R5, 0x45, "pass"),
+		// The IP total length covers the ports and fits the frame, as the
+		// userspace path's key extraction demands (else: malformed).
+		asm.LoadMem(asm.R5, asm.R2, ipLenOff, asm.Half),
+		asm.HostTo(asm.BE, asm.R5, asm.Half),
+		asm.JLT.Imm(asm.R5, minIPTotal, "pass"),
+		asm.Add.Imm(asm.R5, ethLen),
+		asm.JGT.Reg(asm.R5, asm.R8, "pass"),
+		// No fragment: MF and the offset (bytes 20-21, little-endian load).
+		asm.LoadMem(asm.R5, asm.R2, ipFragOff, asm.Half),
+		asm.And.Imm(asm.R5, 0xff3f),
+		asm.JNE.Imm(asm.R5, 0, "pass"),
+		asm.LoadMem(asm.R7, asm.R2, ipProtoOff, asm.Byte),
+		asm.JEq.Imm(asm.R7, unix.IPPROTO_UDP, "key"),
+		asm.JNE.Imm(asm.R7, unix.IPPROTO_TCP, "pass"),
+		// TCP segments that open or close a connection go to userspace,
+		// which sees every connection's start and end.
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, minTCPFrame),
+		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+		asm.LoadMem(asm.R5, asm.R2, tcpFlagsOff, asm.Byte),
+		asm.And.Imm(asm.R5, tcpSynFinRst),
+		asm.JNE.Imm(asm.R5, 0, "pass"),
+
+		asm.LoadMem(asm.R1, asm.R6, 12, asm.Word).WithSymbol("key"), // ingress_ifindex
+		asm.StoreMem(asm.RFP, -KeyLen+kIfindex, asm.R1, asm.Word),
+		asm.LoadMem(asm.R1, asm.R2, 0, asm.Word),
+		asm.StoreMem(asm.RFP, -KeyLen+kDst, asm.R1, asm.Word),
+		asm.LoadMem(asm.R1, asm.R2, 4, asm.Half),
+		asm.StoreMem(asm.RFP, -KeyLen+kDst+4, asm.R1, asm.Half),
+		asm.LoadMem(asm.R1, asm.R2, 6, asm.Half),
+		asm.StoreMem(asm.RFP, -KeyLen+kSrc, asm.R1, asm.Half),
+		asm.LoadMem(asm.R1, asm.R2, 8, asm.Word),
+		asm.StoreMem(asm.RFP, -KeyLen+kSrc+2, asm.R1, asm.Word),
+		asm.LoadMem(asm.R1, asm.R2, ipSaddrOff, asm.Word),
+		asm.StoreMem(asm.RFP, -KeyLen+kSaddr, asm.R1, asm.Word),
+		asm.LoadMem(asm.R1, asm.R2, ipDaddrOff, asm.Word),
+		asm.StoreMem(asm.RFP, -KeyLen+kDaddr, asm.R1, asm.Word),
+		asm.LoadMem(asm.R1, asm.R2, l4Off, asm.Word),
+		asm.StoreMem(asm.RFP, -KeyLen+kPorts, asm.R1, asm.Word),
+		asm.StoreMem(asm.RFP, -KeyLen+kProto, asm.R7, asm.Word),
+		asm.LoadMapPtr(asm.R1, mapFD),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -KeyLen),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.Mov.Imm(asm.R1, 1),
+		xadd(asm.R0, vPackets, asm.R1),
+		xadd(asm.R0, vBytes, asm.R8),
+		asm.LoadMem(asm.R1, asm.R0, vOut, asm.Word),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.FnRedirect.Call(),
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, xdpPass).WithSymbol("pass"),
+		asm.Return(),
+	}
+}
+
+// xadd is an atomic 64-bit add of src to the word at dst+off: the entry
+// is shared by every CPU forwarding the flow.
+func xadd(dst asm.Register, off int16, src asm.Register) asm.Instruction {
+	ins := asm.StoreXAdd(dst, src, asm.DWord)
+	ins.Offset = off
+	return ins
+}
+
+// KeyOf builds the key the program builds for frame arriving on ifindex;
+// ok is false for frames the program passes to userspace whatever the map
+// holds. TCP flags are not checked: the first segment of a connection
+// installs the entry its later segments use.
+func KeyOf(ifindex int, frame []byte) (key Entry, ok bool) {
+	if len(frame) < minUDPFrame || binary.BigEndian.Uint16(frame[12:]) != unix.ETH_P_IP || frame[ethLen] != 0x45 ||
+		binary.BigEndian.Uint16(frame[ipFragOff:])&0x3fff != 0 {
+		return key, false
+	}
+	if total := int(binary.BigEndian.Uint16(frame[ipLenOff:])); total < minIPTotal || ethLen+total > len(frame) {
+		return key, false // malformed for the userspace path, which drops it
+	}
+	proto := frame[ipProtoOff]
+	switch {
+	case proto == unix.IPPROTO_UDP:
+	case proto == unix.IPPROTO_TCP && len(frame) >= minTCPFrame:
+	default:
+		return key, false
+	}
+	binary.NativeEndian.PutUint32(key[kIfindex:], uint32(ifindex))
+	copy(key[kDst:kDst+6], frame[0:6])
+	copy(key[kSrc:kSrc+6], frame[6:12])
+	copy(key[kSaddr:kSaddr+4], frame[ipSaddrOff:])
+	copy(key[kDaddr:kDaddr+4], frame[ipDaddrOff:])
+	copy(key[kPorts:kPorts+4], frame[l4Off:])
+	binary.NativeEndian.PutUint32(key[kProto:], uint32(proto))
+	return key, true
+}
+
+// Offload makes the kernel forward frames like frame (same ports, MACs,
+// IPv4 addresses and L4 ports) arriving on port in out of port out, and
+// count them under cookie. ok is false, with a nil error, for a frame of a
+// kind the program does not handle; an error wrapping ErrIngress or
+// ErrEgress means a port cannot take part.
+func (f *FastPath) Offload(in, out string, frame []byte, cookie uint64) (Entry, bool, error) {
+	if _, ok := KeyOf(1, frame); !ok {
+		return Entry{}, false, nil
+	}
+	inIdx, err := f.ingress(in)
+	if err != nil {
+		return Entry{}, false, err
+	}
+	outIdx, err := f.egress(out)
+	if err != nil {
+		return Entry{}, false, err
+	}
+	key, _ := KeyOf(inIdx, frame)
+	var val [valueLen]byte
+	binary.NativeEndian.PutUint32(val[vOut:], uint32(outIdx))
+	binary.NativeEndian.PutUint64(val[vCookie:], cookie)
+	if err := f.flows.Update(key[:], val[:], ebpf.UpdateAny); err != nil {
+		return Entry{}, false, fmt.Errorf("xdpfast: add entry: %w", err)
+	}
+	return key, true, nil
+}
+
+// Remove deletes an entry and returns its final counters. Frames that
+// reach the program after Remove returns take the userspace path. An
+// entry that is not there (removed already) yields zeros and no error.
+func (f *FastPath) Remove(key Entry) (packets, bytes uint64, err error) {
+	var val [valueLen]byte
+	if err := f.flows.LookupAndDelete(key[:], val[:]); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, 0, nil
+		}
+		// Kernels without lookup-and-delete on hash maps: the counters of
+		// the last moments are lost, the entry is not.
+		if derr := f.flows.Delete(key[:]); derr != nil && !errors.Is(derr, ebpf.ErrKeyNotExist) {
+			return 0, 0, fmt.Errorf("xdpfast: remove entry: %w", derr)
+		}
+		return 0, 0, nil
+	}
+	return binary.NativeEndian.Uint64(val[vPackets:]), binary.NativeEndian.Uint64(val[vBytes:]), nil
+}
+
+// Visit calls fn with every entry's cookie and counters. It reads the map
+// in batches (one system call per visitBatch entries), or entry by entry
+// where the kernel cannot.
+func (f *FastPath) Visit(fn func(cookie, packets, bytes uint64)) error {
+	keys := make([]Entry, visitBatch)
+	vals := make([][valueLen]byte, visitBatch)
+	var cursor ebpf.MapBatchCursor
+	for first := true; ; first = false {
+		n, err := f.flows.BatchLookup(&cursor, keys, vals, nil)
+		for _, v := range vals[:n] {
+			fn(binary.NativeEndian.Uint64(v[vCookie:]), binary.NativeEndian.Uint64(v[vPackets:]), binary.NativeEndian.Uint64(v[vBytes:]))
+		}
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return nil
+		case err == nil:
+			continue
+		case first && n == 0:
+			return f.visitEach(fn)
+		default:
+			return fmt.Errorf("xdpfast: read counters: %w", err)
+		}
+	}
+}
+
+const visitBatch = 1024
+
+func (f *FastPath) visitEach(fn func(cookie, packets, bytes uint64)) error {
+	var key Entry
+	var val [valueLen]byte
+	it := f.flows.Iterate()
+	for it.Next(&key, &val) {
+		fn(binary.NativeEndian.Uint64(val[vCookie:]), binary.NativeEndian.Uint64(val[vPackets:]), binary.NativeEndian.Uint64(val[vBytes:]))
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("xdpfast: read counters: %w", err)
+	}
+	return nil
+}
+
+// Len is how many entries the map holds.
+func (f *FastPath) Len() (int, error) {
+	n := 0
+	err := f.Visit(func(_, _, _ uint64) { n++ })
+	return n, err
+}
+
+// Attach attaches the program to the named port now rather than at its
+// first offload. Frames that can only arrive through a veth's XDP receive
+// path (XDP_TX from the peer) need that.
+func (f *FastPath) Attach(name string) error {
+	_, err := f.ingress(name)
+	return err
+}
+
+// ingress attaches the program to the named port once, in native mode:
+// generic XDP would run after the skb is built and gain nothing.
+func (f *FastPath) ingress(name string) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p, err := f.portLocked(name)
+	if err != nil {
+		return 0, err
+	}
+	if p.in == nil && p.inErr == nil {
+		err := f.cfg.Do(func() error {
+			l, err := link.AttachXDP(link.XDPOptions{Program: f.prog, Interface: p.ifindex, Flags: link.XDPDriverMode})
+			p.in = l
+			return err
+		})
+		if err != nil {
+			p.inErr = fmt.Errorf("%w %s: %w", ErrIngress, name, err)
+		}
+	}
+	return p.ifindex, p.inErr
+}
+
+// egress checks that the named port can transmit redirected frames, at
+// most once a second per port.
+func (f *FastPath) egress(name string) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p, err := f.portLocked(name)
+	if err != nil {
+		return 0, err
+	}
+	if now := time.Now(); now.Sub(p.checked) >= egressRecheck {
+		p.checked = now
+		var feat uint64
+		err := f.cfg.Do(func() error {
+			var err error
+			feat, err = xdpFeatures(p.ifindex)
+			return err
+		})
+		switch {
+		case err != nil:
+			p.outErr = fmt.Errorf("%w %s: %w", ErrEgress, name, err)
+		case feat&xdpActNdoXmit == 0:
+			p.outErr = fmt.Errorf("%w %s (a veth needs XDP or GRO on its peer)", ErrEgress, name)
+		default:
+			p.outErr = nil
+		}
+	}
+	return p.ifindex, p.outErr
+}
+
+func (f *FastPath) portLocked(name string) (*port, error) {
+	if p := f.ports[name]; p != nil {
+		return p, nil
+	}
+	var ifindex int
+	err := f.cfg.Do(func() error {
+		ifi, err := net.InterfaceByName(name)
+		if err == nil {
+			ifindex = ifi.Index
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("xdpfast: port %s: %w", name, err)
+	}
+	p := &port{ifindex: ifindex}
+	f.ports[name] = p
+	return p, nil
+}
+
+// xdpFeatures asks the kernel's netdev generic-netlink family which XDP
+// actions the interface supports (Linux 6.3 and later). The request is
+// made by hand: the netlink package's generic request helper rejects the
+// family's replies.
+func xdpFeatures(ifindex int) (uint64, error) {
+	fam, err := netlink.GenlFamilyGet("netdev")
+	if err != nil {
+		return 0, fmt.Errorf("netdev netlink family: %w", err)
+	}
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_GENERIC)
+	if err != nil {
+		return 0, fmt.Errorf("netlink socket: %w", err)
+	}
+	defer unix.Close(fd)
+	req := make([]byte, 0, 28)
+	req = binary.NativeEndian.AppendUint32(req, 28)
+	req = binary.NativeEndian.AppendUint16(req, fam.ID)
+	req = binary.NativeEndian.AppendUint16(req, unix.NLM_F_REQUEST|unix.NLM_F_ACK)
+	req = binary.NativeEndian.AppendUint32(req, 1) // sequence
+	req = binary.NativeEndian.AppendUint32(req, 0) // port id: the kernel's
+	req = append(req, netdevCmdDevGet, 1, 0, 0)
+	req = binary.NativeEndian.AppendUint16(req, 8)
+	req = binary.NativeEndian.AppendUint16(req, netdevAIfindex)
+	req = binary.NativeEndian.AppendUint32(req, uint32(ifindex))
+	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return 0, fmt.Errorf("netdev dev-get: %w", err)
+	}
+	var (
+		buf   = make([]byte, 8192)
+		feat  uint64
+		found bool
+	)
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return 0, fmt.Errorf("netdev dev-get: %w", err)
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			return 0, fmt.Errorf("netdev dev-get reply: %w", err)
+		}
+		for _, m := range msgs {
+			switch m.Header.Type {
+			case unix.NLMSG_ERROR:
+				if len(m.Data) < 4 {
+					return 0, errors.New("netdev dev-get: short error reply")
+				}
+				if errno := int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
+					return 0, fmt.Errorf("netdev dev-get: %w", unix.Errno(-errno))
+				}
+				if !found {
+					return 0, errors.New("netdev dev-get: no xdp-features in the reply")
+				}
+				return feat, nil
+			case fam.ID:
+				if len(m.Data) < 4 {
+					continue
+				}
+				attrs, err := nl.ParseRouteAttr(m.Data[4:])
+				if err != nil {
+					return 0, fmt.Errorf("netdev dev-get reply: %w", err)
+				}
+				for _, a := range attrs {
+					if a.Attr.Type == netdevAXDPFeat && len(a.Value) == 8 {
+						feat, found = binary.NativeEndian.Uint64(a.Value), true
+					}
+				}
+			}
+		}
+	}
+}
+
+// Forget detaches the program from a port the DM no longer reads and drops
+// what is known about it (an interface of that name may come back as
+// another device).
+func (f *FastPath) Forget(name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p := f.ports[name]
+	delete(f.ports, name)
+	if p != nil && p.in != nil {
+		return p.in.Close()
+	}
+	return nil
+}
+
+// Close detaches the program everywhere and unloads it with its map.
+func (f *FastPath) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var errs []error
+	for name, p := range f.ports {
+		if p.in != nil {
+			errs = append(errs, p.in.Close())
+		}
+		delete(f.ports, name)
+	}
+	return errors.Join(append(errs, f.prog.Close(), f.flows.Close())...)
+}
