@@ -739,6 +739,42 @@ func TestDMBroadcastAndARP(t *testing.T) {
 	}
 }
 
+// TestDMBroadcastOnSharedPort: guests reached through one shared port (the
+// DM's end of the parent of macvtap guests in VEPA mode) get a broadcast
+// from one of them through that same port, once; the macvlan layer hands
+// it to every macvtap but the sender's. A port that holds only the sender
+// never gets its own broadcast back.
+func TestDMBroadcastOnSharedPort(t *testing.T) {
+	h := newDMHarness(t, Config{})
+	s := twoVSASnapshot()
+	s.Guests = append(s.Guests, dmGuest("c", gMAC(3), nil))
+	for i := range 2 { // a and b behind the intercept port, c on its tap
+		s.Guests[i].Interfaces[0].Port = dmIntercept
+	}
+	h.update(s)
+	bcast := MAC{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	arpReq := dmEth(bcast, gMAC(1), etherTypeARP, make([]byte, 28))
+	h.inject(dmIntercept, arpReq)
+	want := map[string][][]byte{dmIntercept: {arpReq}, "tap-c": {arpReq}}
+	got := map[string][][]byte{}
+	for _, port := range []string{dmIntercept, "tap-a", "tap-b", "tap-c"} {
+		if f := h.sent(port); len(f) > 0 {
+			got[port] = f
+		}
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("broadcast from a (-want +got):\n%s", diff)
+	}
+	fromC := dmEth(bcast, gMAC(3), etherTypeARP, make([]byte, 28))
+	h.inject(dmIntercept, fromC)
+	if diff := cmp.Diff([][]byte{fromC}, h.sent(dmIntercept)); diff != "" {
+		t.Errorf("broadcast from c at the shared port (-want +got):\n%s", diff)
+	}
+	if f := h.sent("tap-c"); len(f) != 0 {
+		t.Errorf("c got its own broadcast back: %d frames", len(f))
+	}
+}
+
 func TestDMUplinkClassifiers(t *testing.T) {
 	h := newDMHarness(t, Config{UplinkPort: "up0"})
 	pol := &PolicyRule{Name: "web", Symmetric: true, Classifiers: []ClassifierRule{

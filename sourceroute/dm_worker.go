@@ -276,7 +276,7 @@ func (w *worker) fromUplink(st *state, frame []byte, now int64) {
 func (w *worker) flood(st *state, src *endpoint, frame []byte, targets []floodTarget, toUplink bool) {
 	for i := range targets {
 		t := &targets[i]
-		if t.port == src.port && t.vlan == src.vlan || !allReady(t.eps) {
+		if t.port == src.port && t.vlan == src.vlan && !othersThan(t.eps, src) || !allReady(t.eps) {
 			continue
 		}
 		w.queueTagged(t.port, t.vlan, frame)
@@ -289,6 +289,19 @@ func (w *worker) flood(st *state, src *endpoint, frame []byte, targets []floodTa
 	if toUplink && st.uplink != nil {
 		w.queue(st.uplink.port, nil, frame)
 	}
+}
+
+// othersThan reports whether eps holds an endpoint besides src. A frame is
+// flooded back into the port it came from only then: that port is shared,
+// like the DM's end of the parent of macvtap guests in VEPA mode, where the
+// macvlan layer hands a broadcast to every macvtap but the sender's.
+func othersThan(eps []*endpoint, src *endpoint) bool {
+	for _, ep := range eps {
+		if ep != src {
+			return true
+		}
+	}
+	return false
 }
 
 func allReady(eps []*endpoint) bool {
