@@ -94,6 +94,7 @@ type instanceObj struct {
 	// Engine.updateMu.
 	healthyGen uint64
 	flows      atomic.Int64 // flows pinned to it, until their entries are reclaimed
+	probe      *probeState  // shared by every object of the same instance name
 }
 
 type applianceObj struct {
@@ -168,6 +169,7 @@ type registry struct {
 	zoneIDs    idAlloc
 	guestRT    map[string]*guestRuntime
 	appRT      map[string]*applianceRuntime
+	probes     map[string]*probeState // by instance name
 }
 
 // slotInfo is a counter slot and what it held when its owner got it, so a
@@ -202,6 +204,7 @@ func (r *registry) init() {
 	r.zones = map[string]uint16{}
 	r.guestRT = map[string]*guestRuntime{}
 	r.appRT = map[string]*applianceRuntime{}
+	r.probes = map[string]*probeState{}
 }
 
 // acquire returns the open port called name, opening it if needed; a port
@@ -469,10 +472,16 @@ func (e *Engine) newInstance(rule ApplianceRule, in, out *openPort) *instanceObj
 		si.baseI = e.sumInstance(si.id)
 		r.instSlots[rule.Instance] = si
 	}
+	ps := r.probes[rule.Instance]
+	if ps == nil {
+		ps = &probeState{}
+		r.probes[rule.Instance] = ps
+	}
+	ps.pending.Store(0) // an outstanding probe went to the old ports or address
 	h := fnv.New64a()
 	h.Write([]byte(rule.Appliance + "/" + rule.Instance))
 	return &instanceObj{rule: rule, name: rule.Instance, appliance: rule.Appliance, mac: rule.MAC,
-		kind: rule.Kind, port: in, out: out, slot: si.id, seed: h.Sum64()}
+		kind: rule.Kind, port: in, out: out, slot: si.id, seed: h.Sum64(), probe: ps}
 }
 
 // fillRoles derives the receive roles and flood lists of ns.
@@ -652,6 +661,7 @@ func (e *Engine) retire(ns *state) {
 		if !live[name] {
 			r.instIDs.put(si.id)
 			delete(r.instSlots, name)
+			delete(r.probes, name)
 		}
 	}
 	for name := range r.appRT {
