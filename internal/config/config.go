@@ -55,6 +55,9 @@ type Dataplane struct {
 	MaxFlows        int           // max_flows
 	Workers         int           // workers; 0 means one per CPU
 	Port            string        // port: the DM's own interface
+	ProbeInterval   time.Duration // probe_interval: how often each appliance instance gets a health probe
+	ProbeTimeout    time.Duration // probe_timeout: how long a probe's answer may take; <= ProbeInterval
+	ProbeMisses     int           // probe_misses: probes missed in a row that make an instance silent
 }
 
 // Intercept is the [intercept] table.
@@ -202,6 +205,9 @@ func defaults() *Config {
 			MaxFlows:        1_000_000,
 			Workers:         0,
 			Port:            "vsa-dm0",
+			ProbeInterval:   time.Second,
+			ProbeTimeout:    500 * time.Millisecond,
+			ProbeMisses:     3,
 		},
 		Intercept: Intercept{Backend: "tc-redirect"},
 		Scaling: Scaling{
