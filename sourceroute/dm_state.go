@@ -339,6 +339,10 @@ func (e *Engine) build(s *Snapshot, old *state) (*state, *changes, error) {
 	for _, rule := range s.Appliances {
 		healthy, draining := rule.Healthy, rule.Draining
 		rule.Healthy, rule.Draining = false, false
+		if rule.Port == "" {
+			e.appliance(ns, rule.Appliance, rule.OnFailure) // down: validated as unhealthy
+			continue
+		}
 		in := port(rule.Port, true)
 		var out *openPort
 		if rule.Kind == WireAppliance {
