@@ -145,6 +145,17 @@ func newTwinLab(t *testing.T) *twinLab {
 	return tl
 }
 
+// waitProbed waits until a health probe went through the instance since
+// the last miss: what the autoscaler's next poll needs to trust it again.
+func (tl *twinLab) waitProbed(inst string) {
+	tl.t.Helper()
+	before := tl.dm.Engine().Counters().Instances[inst].ProbesAnswered
+	tl.eventually(inst+" answering health probes", func() bool {
+		c, ok := tl.dm.Engine().Counters().Instances[inst]
+		return ok && c.ProbeMissStreak == 0 && c.ProbesAnswered > before
+	})
+}
+
 // TestTwinInstancesShareFailOverAndDrainInNamespaces: new flows spread
 // over both instances, a crashed instance's flows continue on its twin,
 // the autoscaler restarts it, and a draining instance keeps its flows but
@@ -186,18 +197,21 @@ func TestTwinInstancesShareFailOverAndDrainInNamespaces(t *testing.T) {
 		t.Fatalf("flows by instance after the crash %v: none may pass vsa-ips-2", spread)
 	}
 
-	// The autoscaler restarts it, and new flows use it again.
+	// The autoscaler recreates it from its template (its appliance starts
+	// again in the recreated domain), and once a probe went through it the
+	// next poll trusts it again: new flows use it.
 	restarted := time.Now()
 	step(50)
-	if !l.hasEvent(EventApplianceRestart, "vsa-ips-2") {
-		t.Fatal("no appliance-restarted event for vsa-ips-2")
+	if !l.hasEvent(EventApplianceRecreated, "vsa-ips-2") {
+		t.Fatal("no appliance-recreated event for vsa-ips-2")
+	}
+	if twin = l.byName("vsa-ips-2"); twin.UUID == "" {
+		t.Fatal("vsa-ips-2 was not defined again")
 	}
 	runs["vsa-ips-2"] = vsafiltertest.Start(t, context.Background(), l.applNS["vsa-ips-2"], l.bin, "vsa-ips-2b", "eth0", "[output]\nstats_interval = \"0s\"\n")
-	l.eventually("vsa-ips-2 back in the DM's rules", func() bool {
-		_, ok := l.dm.Engine().Counters().Instances["vsa-ips-2"]
-		return ok
-	})
-	t.Logf("restart poll to the instance back in the DM's rules: %s", time.Since(restarted))
+	tl.waitProbed("vsa-ips-2")
+	step(50)
+	t.Logf("recreating poll to the instance trusted again (a probe through it, the next poll): %s", time.Since(restarted))
 	l.eventually("agent settled", l.agent.Settled)
 
 	// Draining vsa-ips-2: flows already on it stay, new ones avoid it.
@@ -293,9 +307,9 @@ func TestSilentInstanceFailsOverAndIsRecreatedInNamespaces(t *testing.T) {
 	})
 	silent := time.Now()
 	tl.step(50)
-	if !l.hasEvent(EventApplianceSilent, "vsa-ips-2") || !l.hasEvent(EventApplianceRestart, "vsa-ips-2") {
+	if !l.hasEvent(EventApplianceSilent, "vsa-ips-2") || !l.hasEvent(EventApplianceRecreated, "vsa-ips-2") {
 		evs, _ := l.agent.Events(0)
-		t.Fatalf("no appliance-silent and appliance-restarted events for vsa-ips-2: %+v", evs)
+		t.Fatalf("no appliance-silent and appliance-recreated events for vsa-ips-2: %+v", evs)
 	}
 	if l.hasEvent(EventApplianceSilent, "vsa-ips-1") {
 		t.Fatal("vsa-ips-1, which answered, was called silent")
@@ -324,6 +338,7 @@ func TestSilentInstanceFailsOverAndIsRecreatedInNamespaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.eventually("agent settled", l.agent.Settled)
+	tl.waitProbed("vsa-ips-2")
 	tl.step(50)
 	sent, got := sendRound(t, l, tl.web1, tl.web2, 7201, flows, "after the recovery")
 	if !slices.Equal(sent, got) {
