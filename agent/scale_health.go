@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/vsagent/vsagent/sourceroute"
 )
 
 // Events of instance health.
@@ -57,7 +59,7 @@ func (s *Autoscaler) checkSilence(ctx context.Context, running []ownedDomain) er
 		seen[d.UUID] = true
 		c := counters[d.Name]
 		if since, ok := s.recovering[d.UUID]; ok {
-			if c.ProbesSent > 0 && (c.ProbeMissStreak > 0 || c.ProbesAnswered == since) {
+			if !probedSince(c, since) {
 				continue // no probe through the new instance yet
 			}
 			delete(s.recovering, d.UUID)
@@ -68,16 +70,11 @@ func (s *Autoscaler) checkSilence(ctx context.Context, running []ownedDomain) er
 			s.log.Info("appliance instance healthy again", "domain", d.Name)
 			continue
 		}
-		cur := silenceReading{sent: c.Sent, answered: c.Returned + c.Notices, timeouts: c.Timeouts}
 		prev, had := s.silence[d.UUID]
-		s.silence[d.UUID] = cur
-		var msg string
-		switch {
-		case c.ProbeMissStreak >= misses || (marks != nil && marks.markedUnhealthy(d.UUID)):
-			msg = fmt.Sprintf("%d health probes in a row unanswered", c.ProbeMissStreak)
-		case had && cur.sent > prev.sent && cur.answered == prev.answered && cur.timeouts > prev.timeouts:
-			msg = fmt.Sprintf("%d frames sent, none returned, %d return timeouts since the last poll", cur.sent-prev.sent, cur.timeouts-prev.timeouts)
-		default:
+		s.silence[d.UUID] = readingOf(c)
+		marked := marks != nil && marks.markedUnhealthy(d.UUID)
+		msg := silence(c, prev, had, misses, marked)
+		if msg == "" {
 			continue
 		}
 		s.log.Warn("appliance instance silent: failing its flows over and recreating it", "domain", d.Name, "detail", msg)
@@ -96,6 +93,32 @@ func (s *Autoscaler) checkSilence(ctx context.Context, running []ownedDomain) er
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func readingOf(c sourceroute.InstanceCounters) silenceReading {
+	return silenceReading{sent: c.Sent, answered: c.Returned + c.Notices, timeouts: c.Timeouts}
+}
+
+// silence says why an instance counts as silent, or "" if it does not:
+// probe_misses probes in a row unanswered, or the dataplane's own mark
+// (its probes found it), or frames sent since the last poll (prev, if
+// had) with none back, no notice, and return timeouts blamed on it.
+func silence(c sourceroute.InstanceCounters, prev silenceReading, had bool, misses uint32, marked bool) string {
+	cur := readingOf(c)
+	switch {
+	case c.ProbeMissStreak >= misses || marked:
+		return fmt.Sprintf("%d health probes in a row unanswered", c.ProbeMissStreak)
+	case had && cur.sent > prev.sent && cur.answered == prev.answered && cur.timeouts > prev.timeouts:
+		return fmt.Sprintf("%d frames sent, none returned, %d return timeouts since the last poll", cur.sent-prev.sent, cur.timeouts-prev.timeouts)
+	}
+	return ""
+}
+
+// probedSince reports whether a probe went through an instance since it
+// had answered `since` of them (its count when it was recreated), with no
+// miss after. An instance the dataplane does not probe passes at once.
+func probedSince(c sourceroute.InstanceCounters, since uint64) bool {
+	return c.ProbesSent == 0 || (c.ProbeMissStreak == 0 && c.ProbesAnswered != since)
 }
 
 // recreate replaces a failed or silent instance by a new one from its
