@@ -86,7 +86,9 @@ func TestMeanLatency(t *testing.T) {
 // fixedCPU is a cpuTimer whose instances all used the same CPU time.
 type fixedCPU struct{ used time.Duration }
 
-func (f *fixedCPU) CPUTime(context.Context, string) (time.Duration, uint, error) { return f.used, 1, nil }
+func (f *fixedCPU) CPUTime(context.Context, string) (time.Duration, uint, error) {
+	return f.used, 1, nil
+}
 
 // fixedCounters is an instanceCounters with settable figures.
 type fixedCounters map[string]sourceroute.InstanceCounters
