@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/vsagent/vsagent/hypervisor"
+	"github.com/vsagent/vsagent/internal/vsafiltertest"
+	"github.com/vsagent/vsagent/sourceroute"
 )
 
 // TestSilentInstanceFoundByProbesWithoutTrafficInNamespaces: an instance
@@ -84,21 +86,8 @@ func TestSilentInstanceFoundByProbesWithoutTrafficInNamespaces(t *testing.T) {
 func TestCrashedOnlyInstanceMeetsOnFailureInNamespaces(t *testing.T) {
 	for _, onFailure := range []string{"block", "bypass"} {
 		t.Run(onFailure, func(t *testing.T) {
-			l := newDPLab(t)
-			l.host.AddBridge(t, "br0")
-			web1 := l.addGuest(t, "web-1", "br0", "10.9.0.1", 1)
-			web2 := l.addGuest(t, "web-2", "br0", "10.9.0.2", 2)
-			l.start(t, strings.Replace(twinConfig, "max_instances = 2", "max_instances = 1\non_failure = \""+onFailure+"\"", 1))
-			l.defineGuest(t, "web-1", "br0")
-			l.defineGuest(t, "web-2", "br0")
-			l.eventually("web guests inspected", func() bool {
-				return l.guestState("web-1") == GuestInspected && l.guestState("web-2") == GuestInspected
-			})
-			vsa := l.startAppliances(t, nil)
-			scaler := NewAutoscaler(l.agent, AutoscalerOptions{Hypervisor: l.conn, Sampler: &scriptedLoad{cpu: 50}, Drainer: l.dm, Health: l.dm})
-			if out, err := web1.ns.Exec(context.Background(), "ping", "-c", "1", "-W", "5", web2.ip); err != nil {
-				t.Fatalf("ping through the chain: %v\n%s", err, out)
-			}
+			ol := newOnlyInstanceLab(t, onFailure)
+			l, web1, web2, vsa, scaler := ol.dpLab, ol.web1, ol.web2, ol.runs, ol.scaler
 			rx := udpListen(t, web2, 7500)
 			tx := udpDial(t, web1, web2, 7500)
 			send := func(msg string) []string {
@@ -134,26 +123,7 @@ func TestCrashedOnlyInstanceMeetsOnFailureInNamespaces(t *testing.T) {
 				}
 			}
 			before := l.dm.Engine().Counters()
-			got := send("while ips is down")
-			c := l.dm.Engine().Counters()
-			switch onFailure {
-			case "block":
-				if len(got) != 0 {
-					t.Fatalf("with on_failure = block a datagram arrived: %q", got)
-				}
-				if c.Drops["chain_not_ready"] <= before.Drops["chain_not_ready"] {
-					t.Errorf("drops %v (before %v): the blocked datagram is not counted as chain_not_ready", c.Drops, before.Drops)
-				}
-				l.eventually("a fail-closed event naming ips", func() bool { return l.hasEvent(EventFailClosed, "ips") })
-			case "bypass":
-				if !slices.Equal(got, []string{"while ips is down"}) {
-					t.Fatalf("with on_failure = bypass: received %q; DM drops %v", got, c.Drops)
-				}
-				l.eventually("a bypass event", func() bool { return l.hasEvent(EventBypass, "ips") })
-				if c.Bypassed["ips"] == 0 {
-					t.Errorf("bypassed flows %v, want ips counted", c.Bypassed)
-				}
-			}
+			ol.checkOnFailure(t, before, send("while ips is down"), "while ips is down")
 
 			// The autoscaler recreates it from its template; its appliance
 			// starts again; a probe goes through; the next poll trusts it.
@@ -185,5 +155,65 @@ func TestCrashedOnlyInstanceMeetsOnFailureInNamespaces(t *testing.T) {
 					before.Instances["vsa-ips-1"].Sent, sent)
 			}
 		})
+	}
+}
+
+// onlyInstanceLab is a dpLab whose appliance ips has one instance, a
+// vsafilter process, and the given on_failure; web-1 and web-2 use it.
+type onlyInstanceLab struct {
+	*dpLab
+	onFailure  string
+	web1, web2 *dpGuest
+	runs       map[string]*vsafiltertest.Run // by appliance
+	scaler     *Autoscaler
+}
+
+func newOnlyInstanceLab(t *testing.T, onFailure string) *onlyInstanceLab {
+	l := newDPLab(t)
+	l.host.AddBridge(t, "br0")
+	ol := &onlyInstanceLab{dpLab: l, onFailure: onFailure}
+	ol.web1 = l.addGuest(t, "web-1", "br0", "10.9.0.1", 1)
+	ol.web2 = l.addGuest(t, "web-2", "br0", "10.9.0.2", 2)
+	l.start(t, strings.Replace(twinConfig, "max_instances = 2", "max_instances = 1\non_failure = \""+onFailure+"\"", 1))
+	l.defineGuest(t, "web-1", "br0")
+	l.defineGuest(t, "web-2", "br0")
+	l.eventually("web guests inspected", func() bool {
+		return l.guestState("web-1") == GuestInspected && l.guestState("web-2") == GuestInspected
+	})
+	ol.runs = l.startAppliances(t, nil)
+	ol.scaler = NewAutoscaler(l.agent, AutoscalerOptions{Hypervisor: l.conn, Sampler: &scriptedLoad{cpu: 50}, Drainer: l.dm, Health: l.dm})
+	if out, err := ol.web1.ns.Exec(context.Background(), "ping", "-c", "1", "-W", "5", ol.web2.ip); err != nil {
+		t.Fatalf("ping through the chain: %v\n%s", err, out)
+	}
+	return ol
+}
+
+// checkOnFailure checks what became of one datagram (msg) sent while ips
+// had no healthy instance: dropped and counted with block, delivered
+// without ips and reported with bypass.
+func (ol *onlyInstanceLab) checkOnFailure(t *testing.T, before sourceroute.Counters, got []string, msg string) {
+	t.Helper()
+	l := ol.dpLab
+	c := l.dm.Engine().Counters()
+	if sent := c.Instances["vsa-ips-1"].Sent; sent != before.Instances["vsa-ips-1"].Sent {
+		t.Errorf("the DM sent %d more frames to the unhealthy vsa-ips-1", sent-before.Instances["vsa-ips-1"].Sent)
+	}
+	switch ol.onFailure {
+	case "block":
+		if len(got) != 0 {
+			t.Fatalf("with on_failure = block a datagram arrived: %q", got)
+		}
+		if c.Drops["chain_not_ready"] <= before.Drops["chain_not_ready"] {
+			t.Errorf("drops %v (before %v): the blocked datagram is not counted as chain_not_ready", c.Drops, before.Drops)
+		}
+		l.eventually("a fail-closed event naming ips", func() bool { return l.hasEvent(EventFailClosed, "ips") })
+	case "bypass":
+		if !slices.Equal(got, []string{msg}) {
+			t.Fatalf("with on_failure = bypass: received %q; DM drops %v", got, c.Drops)
+		}
+		l.eventually("a bypass event", func() bool { return l.hasEvent(EventBypass, "ips") })
+		if c.Bypassed["ips"] == 0 {
+			t.Errorf("bypassed flows %v, want ips counted", c.Bypassed)
+		}
 	}
 }
