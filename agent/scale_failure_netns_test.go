@@ -14,66 +14,86 @@ import (
 )
 
 // TestSilentInstanceFoundByProbesWithoutTrafficInNamespaces: an instance
-// that stops answering while no guest sends anything is found by the
-// distribution manager's health probes alone, taken out of the flows'
-// choices at once (new flows all go to its twin), recreated by the next
-// poll, and trusted again once a probe went through it.
+// that stops answering while no guest sends anything — hung, or dropping
+// everything without a notice — is found by the distribution manager's
+// health probes alone, taken out of the flows' choices at once (new flows
+// all go to its twin), recreated by the next poll, and trusted again once
+// a probe went through it.
 func TestSilentInstanceFoundByProbesWithoutTrafficInNamespaces(t *testing.T) {
-	tl := newTwinLab(t)
-	l := tl.dpLab
-	tl.waitProbed("vsa-ips-2")
-	before := l.dm.Engine().Counters().Instances["vsa-ips-2"]
-	if err := tl.runs["vsa-ips-2"].Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = tl.runs["vsa-ips-2"].Signal(syscall.SIGCONT) })
-	stopped := time.Now()
-	uuid := l.byName("vsa-ips-2").UUID
-	l.eventually("an appliance-silent event for vsa-ips-2 from its probes", func() bool {
-		return l.hasEvent(EventApplianceSilent, "vsa-ips-2")
-	})
-	detected := time.Since(stopped)
-	l.eventually("vsa-ips-2 out of the flows' choices", func() bool { return l.dm.markedUnhealthy(uuid) })
-	// Measured for docs/performance.md, not asserted.
-	t.Logf("silent (no traffic) to detected by probes: %s; to out of the flows' choices: %s", detected, time.Since(stopped))
-	c := l.dm.Engine().Counters().Instances
-	if got := c["vsa-ips-2"]; got.Sent != before.Sent || got.ProbesMissed < 3 {
-		t.Errorf("vsa-ips-2 got %d data frames and missed %d probes; want no traffic and at least probe_misses (3) misses",
-			got.Sent-before.Sent, got.ProbesMissed)
-	}
-	if c["vsa-ips-1"].ProbeMissStreak != 0 || l.hasEvent(EventApplianceSilent, "vsa-ips-1") {
-		t.Errorf("vsa-ips-1, which answers, counts as missing probes: %+v", c["vsa-ips-1"])
-	}
+	const plain = "[output]\nstats_interval = \"0s\"\n"
+	for _, tt := range []struct {
+		name    string
+		silence func(t *testing.T, tl *twinLab)
+	}{
+		{"hung", func(t *testing.T, tl *twinLab) {
+			if err := tl.runs["vsa-ips-2"].Signal(syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = tl.runs["vsa-ips-2"].Signal(syscall.SIGCONT) })
+		}},
+		{"drops everything without notice", func(t *testing.T, tl *twinLab) {
+			if err := tl.runs["vsa-ips-2"].Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			tl.runs["vsa-ips-2"] = vsafiltertest.Start(t, context.Background(), tl.applNS["vsa-ips-2"], tl.bin, "vsa-ips-2-deny", "eth0",
+				plain+"[filter]\ndefault = \"deny\"\nnotify = false\nmalformed = \"deny\"\n")
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tl := newTwinLab(t)
+			l := tl.dpLab
+			tl.waitProbed("vsa-ips-2")
+			before := l.dm.Engine().Counters().Instances["vsa-ips-2"]
+			stopped := time.Now()
+			tt.silence(t, tl)
+			uuid := l.byName("vsa-ips-2").UUID
+			l.eventually("an appliance-silent event for vsa-ips-2 from its probes", func() bool {
+				return l.hasEvent(EventApplianceSilent, "vsa-ips-2")
+			})
+			detected := time.Since(stopped)
+			l.eventually("vsa-ips-2 out of the flows' choices", func() bool { return l.dm.markedUnhealthy(uuid) })
+			// Measured for docs/performance.md, not asserted.
+			t.Logf("silent (no traffic) to detected by probes: %s; to out of the flows' choices: %s", detected, time.Since(stopped))
+			c := l.dm.Engine().Counters().Instances
+			if got := c["vsa-ips-2"]; got.Sent != before.Sent || got.ProbesMissed < 3 {
+				t.Errorf("vsa-ips-2 got %d data frames and missed %d probes; want no traffic and at least probe_misses (3) misses",
+					got.Sent-before.Sent, got.ProbesMissed)
+			}
+			if c["vsa-ips-1"].ProbeMissStreak != 0 || l.hasEvent(EventApplianceSilent, "vsa-ips-1") {
+				t.Errorf("vsa-ips-1, which answers, counts as missing probes: %+v", c["vsa-ips-1"])
+			}
 
-	sent, got := sendRound(t, l, tl.web1, tl.web2, 7400, flows, "after probe detection")
-	if !slices.Equal(sent, got) {
-		t.Fatalf("with vsa-ips-2 silent: sent %q, received %q", sent, got)
-	}
-	t.Logf("silent to %d new flows delivered through the twin: %s", flows, time.Since(stopped))
-	if spread := firstHops(l); spread["vsa-ips-2"] != 0 {
-		t.Fatalf("flows by instance %v: none may pass the silent vsa-ips-2", spread)
-	}
+			sent, got := sendRound(t, l, tl.web1, tl.web2, 7400, flows, "after probe detection")
+			if !slices.Equal(sent, got) {
+				t.Fatalf("with vsa-ips-2 silent: sent %q, received %q", sent, got)
+			}
+			t.Logf("silent to %d new flows delivered through the twin: %s", flows, time.Since(stopped))
+			if spread := firstHops(l); spread["vsa-ips-2"] != 0 {
+				t.Fatalf("flows by instance %v: none may pass the silent vsa-ips-2", spread)
+			}
 
-	// The next poll recreates it; once its appliance answers again (as a
-	// recreated one does when booted), probes go through and the poll
-	// after trusts it again.
-	tl.step(50)
-	if !l.hasEvent(EventApplianceRecreated, "vsa-ips-2") {
-		evs, _ := l.agent.Events(0)
-		t.Fatalf("no appliance-recreated event for vsa-ips-2: %+v", evs)
-	}
-	if err := tl.runs["vsa-ips-2"].Signal(syscall.SIGCONT); err != nil {
-		t.Fatal(err)
-	}
-	l.eventually("agent settled", l.agent.Settled)
-	tl.waitProbed("vsa-ips-2")
-	tl.step(50)
-	sent, got = sendRound(t, l, tl.web1, tl.web2, 7401, flows, "after the recovery")
-	if !slices.Equal(sent, got) {
-		t.Fatalf("after the recovery: sent %q, received %q", sent, got)
-	}
-	if firstHops(l)["vsa-ips-2"] == 0 {
-		t.Fatalf("flows by instance %v after the recovery: vsa-ips-2 gets none", firstHops(l))
+			// The next poll recreates it; its appliance starts afresh in the
+			// new domain, probes go through, and the poll after trusts it.
+			tl.step(50)
+			if !l.hasEvent(EventApplianceRecreated, "vsa-ips-2") {
+				evs, _ := l.agent.Events(0)
+				t.Fatalf("no appliance-recreated event for vsa-ips-2: %+v", evs)
+			}
+			if err := tl.runs["vsa-ips-2"].Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			tl.runs["vsa-ips-2"] = vsafiltertest.Start(t, context.Background(), tl.applNS["vsa-ips-2"], tl.bin, "vsa-ips-2-new", "eth0", plain)
+			l.eventually("agent settled", l.agent.Settled)
+			tl.waitProbed("vsa-ips-2")
+			tl.step(50)
+			sent, got = sendRound(t, l, tl.web1, tl.web2, 7401, flows, "after the recovery")
+			if !slices.Equal(sent, got) {
+				t.Fatalf("after the recovery: sent %q, received %q", sent, got)
+			}
+			if firstHops(l)["vsa-ips-2"] == 0 {
+				t.Fatalf("flows by instance %v after the recovery: vsa-ips-2 gets none", firstHops(l))
+			}
+		})
 	}
 }
 
