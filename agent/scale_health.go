@@ -83,6 +83,9 @@ func (s *Autoscaler) checkSilence(ctx context.Context, running []ownedDomain) er
 			errs = append(errs, err)
 			continue
 		}
+		if s.draining[d.Name] {
+			continue // its flows move now; the drain then deletes it
+		}
 		if err := s.recreate(ctx, d, "was silent: "+msg); err != nil {
 			errs = append(errs, err)
 		}
@@ -90,6 +93,11 @@ func (s *Autoscaler) checkSilence(ctx context.Context, running []ownedDomain) er
 	for uuid := range s.silence {
 		if !seen[uuid] {
 			delete(s.silence, uuid)
+		}
+	}
+	for uuid := range s.recovering {
+		if _, ok := s.a.owned.lookup(uuid); !ok {
+			delete(s.recovering, uuid) // gone before it was trusted again
 		}
 	}
 	return errors.Join(errs...)
