@@ -235,3 +235,55 @@ func TestGuestFrameLikeAProbeIsForwarded(t *testing.T) {
 		t.Fatalf("b got %x, want the guest's frame", got)
 	}
 }
+
+// TestProbesWhileRunning drives probes with the engine running on the real
+// clock: an instance that answers is never called silent, one that does
+// not is, once.
+func TestProbesWhileRunning(t *testing.T) {
+	// A generous timeout: the answering loop below must never be slow
+	// enough to miss three in a row, even on a loaded machine.
+	h := newDMHarness(t, Config{Now: time.Now, ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 200 * time.Millisecond, ProbeMisses: 3})
+	h.update(Snapshot{Appliances: []ApplianceRule{dmHeaderInst("ips", "ips-1", ipsMAC), dmHeaderInst("ips", "ips-2", fw2MAC)}})
+	runDM(t, h)
+	answering, mute := h.port("vsa-ips-1"), h.port("vsa-ips-2")
+	deadline := time.Now().Add(20 * time.Second) // a hang guard, not an assertion
+	var silent []string
+	for {
+		for _, f := range answering.take() {
+			fr, r := h.e.codec.Parse(f)
+			if r == OK {
+				r = h.e.codec.Advance(fr, ipsMAC)
+			}
+			if r != OK {
+				t.Fatalf("ips-1 got a frame it cannot forward (%v): %x", r, f)
+			}
+			answering.rx <- f
+		}
+		mute.take()
+	drain:
+		for {
+			select {
+			case ev := <-h.evs:
+				if ev.Kind == EventApplianceSilent {
+					silent = append(silent, ev.Instance)
+				}
+			default:
+				break drain
+			}
+		}
+		c := h.e.Counters().Instances
+		if c["ips-1"].ProbesAnswered >= 5 && c["ips-2"].ProbesMissed >= 4 && len(silent) > 0 {
+			if !slices.Equal(silent, []string{"ips-2"}) {
+				t.Errorf("silent events for %v, want ips-2 once", silent)
+			}
+			if c["ips-1"].ProbeRTTTotal <= 0 || c["ips-2"].ProbesAnswered != 0 {
+				t.Errorf("counters %+v", c)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 20s: counters %+v, silent events %v", c, silent)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
