@@ -20,7 +20,10 @@
 // healthy appliance instances, source-routes its frames through them with
 // headers built once per decision, and delivers them byte for byte; it
 // fails closed, reports drop notices and return timeouts as Events, and
-// counts every drop by reason. docs/distribution-manager.md describes it.
+// counts every drop by reason. It also probes every appliance instance
+// (BuildProbe, ParseProbe: a vsagent convention, docs/source-route.md) and
+// reports one that stops answering. docs/distribution-manager.md
+// describes it.
 //
 // It imports nothing else of vsagent's. The codec and flow table are hot
 // paths: they work in caller-owned buffers and allocate nothing per frame.
