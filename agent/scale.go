@@ -79,7 +79,8 @@ type AutoscalerOptions struct {
 
 // Autoscaler resizes, adds and removes appliance instances by their load
 // (see docs/elasticity.md), and recreates from their templates instances
-// that guests need and that stopped, crashed or went silent. Decisions are appliance.DecideScaling's.
+// that guests need and that stopped, crashed or went silent. Decisions
+// are appliance.DecideScaling's.
 type Autoscaler struct {
 	a    *Agent
 	opts AutoscalerOptions
