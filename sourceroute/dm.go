@@ -142,8 +142,9 @@ const (
 	// healthy instance and on_failure = bypass (rate limited: at most one
 	// per appliance per second).
 	EventBypass
-	// EventApplianceSilent: an instance missed Config.ProbeMisses health
-	// probes in a row. Raised once per run of misses.
+	// EventApplianceSilent: an instance that had answered health probes
+	// missed Config.ProbeMisses of them in a row. Raised once per run of
+	// misses.
 	EventApplianceSilent
 )
 

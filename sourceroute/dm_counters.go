@@ -86,7 +86,9 @@ type InstanceCounters struct {
 	Sent, SentBytes, Returned, ReturnedBytes uint64
 	Notices, Timeouts                        uint64
 	// Health probes (not counted above): sent, answered in time (or with a
-	// drop notice), missed; MissStreak is the misses since the last answer.
+	// drop notice), missed; MissStreak is the misses since the last answer,
+	// counted only once the instance has answered one (before, it is
+	// starting, not silent).
 	// ProbeRTT is the last answer's round trip and ProbeRTTTotal the sum
 	// over ProbesAnswered, so a mean over any interval is a difference.
 	ProbesSent, ProbesAnswered, ProbesMissed uint64

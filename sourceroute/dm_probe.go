@@ -9,9 +9,9 @@ import (
 
 // Health probes: the DM sends every appliance instance, at an interval, a
 // frame routed [instance, DM] whose inner frame is a probe, and expects it
-// back (or a drop notice of it) within a timeout. An instance that misses
-// ProbeMisses probes in a row is reported silent (EventApplianceSilent),
-// with no guest traffic needed to find it. docs/source-route.md describes
+// back (or a drop notice of it) within a timeout. An instance that has
+// answered once and then misses ProbeMisses probes in a row is reported
+// silent (EventApplianceSilent), with no guest traffic needed to find it. docs/source-route.md describes
 // the probe frame as a convention appliances must honour.
 
 // ProbeEtherType is the inner frame's EtherType of a probe: the Ethernet
@@ -93,9 +93,10 @@ func isProbeCandidate(inner []byte) bool {
 // side swaps pending to zero.
 type probeState struct {
 	seq      atomic.Uint64
-	pending  atomic.Int64 // engine clock + 1 when the outstanding probe was sent; 0 none
-	lastSent int64        // engine clock + 1; maintenance goroutine only
-	streak   atomic.Uint32
+	pending  atomic.Int64  // engine clock + 1 when the outstanding probe was sent; 0 none
+	lastSent int64         // engine clock + 1; maintenance goroutine only
+	streak   atomic.Uint32 // misses since the last answer, counted once alive
+	alive    atomic.Bool   // answered since its ports or address last changed
 	sent     atomic.Uint64
 	answered atomic.Uint64
 	missed   atomic.Uint64
@@ -134,6 +135,7 @@ func (e *Engine) probeAnswer(inst *instanceObj, p Probe, now int64) {
 	ps.rttSum.Add(rtt)
 	ps.rttLast.Store(rtt)
 	ps.streak.Store(0)
+	ps.alive.Store(true)
 }
 
 // probeTick judges overdue probes and sends the next ones. It runs on the
@@ -147,7 +149,9 @@ func (e *Engine) probeTick(st *state, now int64) {
 		ps := inst.probe
 		if at := ps.pending.Load(); at != 0 && now-(at-1) > timeout && ps.pending.CompareAndSwap(at, 0) {
 			ps.missed.Add(1)
-			if ps.streak.Add(1) == uint32(e.cfg.ProbeMisses) {
+			// An instance that has not answered yet is starting (a VM
+			// booting), not silent: only one that answered can fall silent.
+			if ps.alive.Load() && ps.streak.Add(1) == uint32(e.cfg.ProbeMisses) {
 				e.emit(Event{Kind: EventApplianceSilent, Time: e.wallOf(now), Appliance: inst.appliance, Instance: inst.name})
 			}
 		}

@@ -481,7 +481,10 @@ func (e *Engine) newInstance(rule ApplianceRule, in, out *openPort) *instanceObj
 		ps = &probeState{}
 		r.probes[rule.Instance] = ps
 	}
-	ps.pending.Store(0) // an outstanding probe went to the old ports or address
+	// An outstanding probe went to the old ports or address, and what is
+	// behind the new ones has to answer once before it can fall silent.
+	ps.pending.Store(0)
+	ps.alive.Store(false)
 	h := fnv.New64a()
 	h.Write([]byte(rule.Appliance + "/" + rule.Instance))
 	return &instanceObj{rule: rule, name: rule.Instance, appliance: rule.Appliance, mac: rule.MAC,
