@@ -64,6 +64,10 @@ type Instance struct {
 	UUID      string
 	Name      string
 	MACs      []string
+	// Failed: stopped or crashed under guests that were already inspected.
+	// It stays in their plan, unhealthy and without links, so that their
+	// traffic meets the appliance's on_failure until it is recreated.
+	Failed bool
 }
 
 // Options tunes the agent; zero values take sane defaults.

@@ -183,19 +183,21 @@ func (a *Agent) scanAppliances(ctx context.Context) ([]hypervisor.Domain, error)
 // trusting the cache only after confirming each chosen instance's state
 // with libvirt; it rescans once before declaring anything missing, so an
 // agent that just started does not gate guests whose appliances run.
-func (a *Agent) readyInstances(ctx context.Context, needs []string) (map[string][]Instance, []string, error) {
-	ready, missing := a.runningFromCache(ctx, needs)
+// With keepFailed, stopped and crashed instances are returned as Failed
+// and do not make their appliance missing.
+func (a *Agent) readyInstances(ctx context.Context, needs []string, keepFailed bool) (map[string][]Instance, []string, error) {
+	ready, missing := a.runningFromCache(ctx, needs, keepFailed)
 	if len(missing) == 0 {
 		return ready, nil, nil
 	}
 	if _, err := a.scanAppliances(ctx); err != nil {
 		return nil, nil, err
 	}
-	ready, missing = a.runningFromCache(ctx, needs)
+	ready, missing = a.runningFromCache(ctx, needs, keepFailed)
 	return ready, missing, nil
 }
 
-func (a *Agent) runningFromCache(ctx context.Context, needs []string) (map[string][]Instance, []string) {
+func (a *Agent) runningFromCache(ctx context.Context, needs []string, keepFailed bool) (map[string][]Instance, []string) {
 	ready := make(map[string][]Instance, len(needs))
 	var missing []string
 	all := a.owned.all()
@@ -212,8 +214,13 @@ func (a *Agent) runningFromCache(ctx context.Context, needs []string) (map[strin
 				continue
 			}
 			a.owned.setDetails(d.UUID, nil, cur.State)
-			if cur.State == hypervisor.StateRunning {
+			switch {
+			case cur.State == hypervisor.StateRunning:
 				ready[name] = append(ready[name], instanceOf(d))
+			case keepFailed && (cur.State == hypervisor.StateShutoff || cur.State == hypervisor.StateCrashed):
+				inst := instanceOf(d)
+				inst.Failed = true
+				ready[name] = append(ready[name], inst)
 			}
 		}
 		if len(ready[name]) == 0 {
@@ -250,7 +257,7 @@ func (a *Agent) provision(ctx context.Context, needs []string, log *slog.Logger)
 			return nil, err
 		}
 	}
-	ready, missing := a.runningFromCache(ctx, needs)
+	ready, missing := a.runningFromCache(ctx, needs, false)
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("%w: not running after start: %v", ErrProvision, missing)
 	}
@@ -282,20 +289,23 @@ func (a *Agent) ensureRunning(ctx context.Context, app *config.Appliance, names 
 		a.recordEvent(Event{Kind: EventApplianceStarted, Appliance: stopped.Name})
 		return nil
 	}
-	_, err := a.defineAndStart(ctx, app, names, log)
+	_, err := a.defineAndStart(ctx, app, 0, names, log)
 	return err
 }
 
 // defineAndStart builds a new instance of app from its template with the
-// lowest free index, defines and starts it, and returns its name.
-func (a *Agent) defineAndStart(ctx context.Context, app *config.Appliance, names map[string]bool, log *slog.Logger) (string, error) {
+// given index (0: the lowest free one), defines and starts it, and returns
+// its name.
+func (a *Agent) defineAndStart(ctx context.Context, app *config.Appliance, index int, names map[string]bool, log *slog.Logger) (string, error) {
 	tmpl, err := a.templates.get(app)
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", ErrProvision, err)
 	}
-	index := 1
-	for names[appliance.InstanceName(app.Name, index)] {
-		index++
+	if index <= 0 {
+		index = 1
+		for names[appliance.InstanceName(app.Name, index)] {
+			index++
+		}
 	}
 	used, err := a.macsInUse(ctx)
 	if err != nil {
@@ -383,30 +393,41 @@ func (a *Agent) collectGarbage(ctx context.Context) error {
 }
 
 func (a *Agent) deleteAppliance(ctx context.Context, d ownedDomain) error {
-	// Re-check ownership from libvirt itself right before deleting: the
-	// cache must never be the only reason a domain is destroyed.
-	x, err := a.hv.DomainXML(ctx, d.UUID, false)
-	if errors.Is(err, hypervisor.ErrNotFound) {
-		a.owned.forget(d.UUID)
-		return nil
+	removed, err := a.removeAppliance(ctx, d)
+	if err != nil || !removed {
+		return err
 	}
-	if err != nil {
-		return fmt.Errorf("read XML of %s before deleting: %w", d.Name, err)
-	}
-	if _, ok := appliance.OwnerOf(x); !ok {
-		a.owned.rememberForeign(d.UUID)
-		return nil
-	}
-	if err := a.hv.Destroy(ctx, d.UUID); err != nil {
-		return fmt.Errorf("destroy %s: %w", d.Name, err)
-	}
-	if err := a.hv.Undefine(ctx, d.UUID); err != nil {
-		return fmt.Errorf("undefine %s: %w", d.Name, err)
-	}
-	a.owned.forget(d.UUID)
 	a.log.Info("appliance deleted: no guest needs it", "appliance", d.Owner.Appliance, "domain", d.Name)
 	a.recordEvent(Event{Kind: EventApplianceDeleted, Appliance: d.Name})
 	return nil
+}
+
+// removeAppliance destroys and undefines an appliance domain, and reports
+// whether it did: a domain already gone, or one that turns out not to
+// carry vsagent's ownership element, is left alone. Ownership is re-read
+// from libvirt itself right before: the cache must never be the only
+// reason a domain is destroyed.
+func (a *Agent) removeAppliance(ctx context.Context, d ownedDomain) (bool, error) {
+	x, err := a.hv.DomainXML(ctx, d.UUID, false)
+	if errors.Is(err, hypervisor.ErrNotFound) {
+		a.owned.forget(d.UUID)
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read XML of %s before deleting: %w", d.Name, err)
+	}
+	if _, ok := appliance.OwnerOf(x); !ok {
+		a.owned.rememberForeign(d.UUID)
+		return false, nil
+	}
+	if err := a.hv.Destroy(ctx, d.UUID); err != nil {
+		return false, fmt.Errorf("destroy %s: %w", d.Name, err)
+	}
+	if err := a.hv.Undefine(ctx, d.UUID); err != nil {
+		return false, fmt.Errorf("undefine %s: %w", d.Name, err)
+	}
+	a.owned.forget(d.UUID)
+	return true, nil
 }
 
 // macsInUse collects the MAC of every interface of every domain on the

@@ -109,8 +109,11 @@ func NewDistributionManager(cfg DMConfig) (*DistributionManager, error) {
 		Open:            cfg.Open,
 		OpenTx:          cfg.OpenTx,
 		Logger:          cfg.Logger,
-		Events:          cfg.OnEvent,
 		FastPath:        cfg.FastPath,
+		Events:          d.onEngineEvent,
+		ProbeInterval:   dp.ProbeInterval,
+		ProbeTimeout:    dp.ProbeTimeout,
+		ProbeMisses:     dp.ProbeMisses,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: %w", err)
@@ -152,6 +155,9 @@ func (d *DistributionManager) Attach(ctx context.Context, g GuestPlan) error {
 	links := make(map[string][]string)
 	for _, insts := range g.Appliances {
 		for _, inst := range insts {
+			if inst.Failed {
+				continue // down: no links, and none needed
+			}
 			l, err := d.applianceLinks(ctx, inst)
 			if err != nil {
 				return err
@@ -349,8 +355,9 @@ func (d *DistributionManager) snapshotLocked(ctx context.Context) (sourceroute.S
 				if err != nil {
 					continue
 				}
-				ar := sourceroute.ApplianceRule{Appliance: app, Instance: inst.Name, MAC: macOf(hw), Healthy: !d.marks[inst.UUID].unhealthy, Draining: d.marks[inst.UUID].draining}
-				if l := g.links[inst.Name]; len(l) > 0 {
+				ar := sourceroute.ApplianceRule{Appliance: app, Instance: inst.Name, MAC: macOf(hw),
+					Healthy: !d.marks[inst.UUID].unhealthy && !inst.Failed, Draining: d.marks[inst.UUID].draining}
+				if l := g.links[inst.Name]; len(l) > 0 && !inst.Failed {
 					ar.Port = l[0]
 					if len(l) > 1 {
 						ar.OutPort = l[1]
@@ -440,6 +447,8 @@ func (a *Agent) RecordDataplaneEvent(e sourceroute.Event) {
 		msg = "new flows blocked until " + e.Until.UTC().Format("15:04:05")
 	case sourceroute.EventFailClosed:
 		msg = "frames dropped: " + e.Reason.String()
+	case sourceroute.EventApplianceSilent:
+		msg = "health probes unanswered: taken out of the flows' choices"
 	}
 	if e.HasFlow {
 		if msg != "" {
@@ -458,9 +467,10 @@ func (a *Agent) RecordDataplaneEvent(e sourceroute.Event) {
 }
 
 var dataplaneEventKinds = map[sourceroute.EventKind]EventKind{
-	sourceroute.EventReturnTimeout: EventReturnTimeout,
-	sourceroute.EventDropNotice:    EventDropNotice,
-	sourceroute.EventGuestBlocked:  EventGuestBlocked,
-	sourceroute.EventFailClosed:    EventFailClosed,
-	sourceroute.EventBypass:        EventBypass,
+	sourceroute.EventReturnTimeout:   EventReturnTimeout,
+	sourceroute.EventDropNotice:      EventDropNotice,
+	sourceroute.EventGuestBlocked:    EventGuestBlocked,
+	sourceroute.EventFailClosed:      EventFailClosed,
+	sourceroute.EventBypass:          EventBypass,
+	sourceroute.EventApplianceSilent: EventApplianceSilent,
 }

@@ -4,7 +4,8 @@
 // domains, intercept and distribution-manager rules, and garbage-collects
 // what no guest needs any more. Its Autoscaler resizes, adds, drains and
 // deletes appliance instances by their load within the host budget, and
-// restarts instances that crashed or went silent (docs/elasticity.md). It
+// recreates from their templates instances that stopped, crashed or went
+// silent (docs/elasticity.md). It
 // also answers libvirt's qemu hook (through cmd/vsagent-hook) so that a
 // starting or incoming guest is held in the distribution manager before its
 // vCPUs run (docs/hooks.md).

@@ -122,9 +122,26 @@ func (a *Agent) reconcileGuest(ctx context.Context, dom hypervisor.Domain, xmlDo
 		return res.Err
 	}
 
-	ready, missing, err := a.readyInstances(ctx, needs)
+	// A guest already inspected keeps running when an instance of its
+	// chain stops or crashes: the instance stays in its plan as failed, and
+	// the appliance's on_failure decides about its traffic until the
+	// autoscaler has recreated it.
+	a.mu.Lock()
+	inspected := a.guests[dom.UUID] != nil && a.guests[dom.UUID].State == GuestInspected
+	a.mu.Unlock()
+	ready, missing, err := a.readyInstances(ctx, needs, inspected)
 	if err != nil {
 		return err
+	}
+	if len(missing) > 0 && inspected {
+		// Caught between the removal of an instance being recreated and
+		// its new definition: the recreation holds provisionMu throughout,
+		// so having had the lock means it is over.
+		a.provisionMu.Lock()
+		a.provisionMu.Unlock()
+		if ready, missing, err = a.readyInstances(ctx, needs, inspected); err != nil {
+			return err
+		}
 	}
 	if len(missing) > 0 {
 		gate, err = a.gateGuest(ctx, dom, xmlDom, gate, gated, res.Policy, missing, log)

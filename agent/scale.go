@@ -16,16 +16,15 @@ import (
 
 // Events of the autoscaler.
 const (
-	EventScaleUp          EventKind = "scale-up"           // an instance got vCPUs and memory live
-	EventScaleDown        EventKind = "scale-down"         // an instance gave some back
-	EventScaleOut         EventKind = "scale-out"          // another instance of an appliance was started
-	EventScaleDrain       EventKind = "scale-in-drain"     // a duplicate gets no new flows
-	EventScaleUndrain     EventKind = "scale-in-cancelled" // a draining duplicate was taken back
-	EventScaleIn          EventKind = "scale-in"           // a drained duplicate was deleted
-	EventBudgetExceeded   EventKind = "budget-exceeded"    // the host budget stopped a scale-up
-	EventScaleLimit       EventKind = "scale-limit"        // overloaded at every maximum
-	EventApplianceFailed  EventKind = "appliance-failed"   // an instance guests need stopped or crashed
-	EventApplianceRestart EventKind = "appliance-restarted"
+	EventScaleUp         EventKind = "scale-up"           // an instance got vCPUs and memory live
+	EventScaleDown       EventKind = "scale-down"         // an instance gave some back
+	EventScaleOut        EventKind = "scale-out"          // another instance of an appliance was started
+	EventScaleDrain      EventKind = "scale-in-drain"     // a duplicate gets no new flows
+	EventScaleUndrain    EventKind = "scale-in-cancelled" // a draining duplicate was taken back
+	EventScaleIn         EventKind = "scale-in"           // a drained duplicate was deleted
+	EventBudgetExceeded  EventKind = "budget-exceeded"    // the host budget stopped a scale-up
+	EventScaleLimit      EventKind = "scale-limit"        // overloaded at every maximum
+	EventApplianceFailed EventKind = "appliance-failed"   // an instance guests need stopped or crashed
 )
 
 var scaleEventKinds = map[appliance.ScaleKind]EventKind{
@@ -79,8 +78,9 @@ type AutoscalerOptions struct {
 }
 
 // Autoscaler resizes, adds and removes appliance instances by their load
-// (see docs/elasticity.md), and restarts instances that guests need and
-// that stopped or crashed. Decisions are appliance.DecideScaling's.
+// (see docs/elasticity.md), and recreates from their templates instances
+// that guests need and that stopped, crashed or went silent. Decisions
+// are appliance.DecideScaling's.
 type Autoscaler struct {
 	a    *Agent
 	opts AutoscalerOptions
@@ -90,7 +90,7 @@ type Autoscaler struct {
 	state      appliance.ScalingState
 	draining   map[string]bool           // instance names
 	silence    map[string]silenceReading // by domain UUID
-	recovering map[string]bool           // domain UUIDs recreated for silence
+	recovering map[string]uint64         // recreated domain UUIDs → probes answered before
 	loads      []appliance.InstanceSample
 }
 
@@ -109,7 +109,7 @@ func NewAutoscaler(a *Agent, opts AutoscalerOptions) *Autoscaler {
 		opts.Sampler = s
 	}
 	return &Autoscaler{a: a, opts: opts, log: a.log.With("component", "autoscaler"),
-		draining: make(map[string]bool), silence: make(map[string]silenceReading), recovering: make(map[string]bool)}
+		draining: make(map[string]bool), silence: make(map[string]silenceReading), recovering: make(map[string]uint64)}
 }
 
 // Run polls at the configured interval until ctx ends. It waits for the
@@ -144,7 +144,7 @@ func (s *Autoscaler) Loads() []appliance.InstanceSample {
 	return slices.Clone(s.loads)
 }
 
-// Step is one poll: measure, restart what failed, decide, act.
+// Step is one poll: measure, recreate what failed, decide, act.
 func (s *Autoscaler) Step(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -163,7 +163,7 @@ func (s *Autoscaler) Step(ctx context.Context) error {
 		switch d.State {
 		case hypervisor.StateRunning:
 		case hypervisor.StateShutoff, hypervisor.StateCrashed:
-			errs = append(errs, s.restart(ctx, d))
+			errs = append(errs, s.failed(ctx, d))
 			continue
 		default:
 			// Paused (provisioning resumes it), shutting down, blocked
@@ -178,6 +178,12 @@ func (s *Autoscaler) Step(ctx context.Context) error {
 		runningDoms = append(runningDoms, doms...)
 	}
 	errs = append(errs, s.checkSilence(ctx, runningDoms))
+	// A recreated instance is a new domain: the next poll measures it.
+	gone := func(uuid string) bool { _, ok := s.a.owned.lookup(uuid); return !ok }
+	for app, doms := range byApp {
+		byApp[app] = slices.DeleteFunc(doms, func(d ownedDomain) bool { return gone(d.UUID) })
+	}
+	running = slices.DeleteFunc(running, func(in Instance) bool { return gone(in.UUID) })
 	loads := s.opts.Sampler.SampleLoad(ctx, running)
 	samples := make([]appliance.ApplianceSample, 0, len(byApp))
 	s.loads = s.loads[:0]
@@ -248,7 +254,7 @@ func (s *Autoscaler) sample(ctx context.Context, d ownedDomain, load InstanceLoa
 		return appliance.InstanceSample{}, fmt.Errorf("size of %s: %w", d.Name, err)
 	}
 	in := appliance.InstanceSample{
-		Name: d.Name, Index: d.Owner.Index, Healthy: !s.recovering[d.UUID], Draining: s.draining[d.Name],
+		Name: d.Name, Index: d.Owner.Index, Healthy: !s.isRecovering(d.UUID), Draining: s.draining[d.Name],
 		InstanceLoad: load,
 	}
 	if x.VCPU != nil {
@@ -279,31 +285,6 @@ func kibOf(v uint, unit string) uint64 {
 		return uint64(v) << 20
 	}
 	return uint64(v) // libvirt's default unit, and what it writes back
-}
-
-// restart brings back an instance that guests need and that stopped or
-// crashed. Its twins carry its flows meanwhile; without one, its guests
-// are gated by their reconcile until it runs.
-func (s *Autoscaler) restart(ctx context.Context, d ownedDomain) error {
-	if s.draining[d.Name] {
-		return nil // about to go anyway
-	}
-	s.a.recordEvent(Event{Kind: EventApplianceFailed, Appliance: d.Name, Message: "state " + d.State.String()})
-	if d.State == hypervisor.StateCrashed {
-		// A crashed domain kept for inspection is still active: it has to
-		// be destroyed before it can start again.
-		if err := s.a.hv.Destroy(ctx, d.UUID); err != nil {
-			return fmt.Errorf("restart %s: %w", d.Name, err)
-		}
-	}
-	if err := s.a.hv.Start(ctx, d.UUID); err != nil {
-		return fmt.Errorf("restart %s: %w", d.Name, err)
-	}
-	s.a.owned.setDetails(d.UUID, nil, hypervisor.StateRunning)
-	s.log.Warn("appliance instance restarted", "domain", d.Name, "was", d.State.String())
-	s.a.recordEvent(Event{Kind: EventApplianceRestart, Appliance: d.Name})
-	s.requeueGuests(d.Owner.Appliance)
-	return nil
 }
 
 func (s *Autoscaler) act(ctx context.Context, act appliance.ScaleAction, doms []ownedDomain) error {
@@ -392,7 +373,7 @@ func (s *Autoscaler) scaleOut(ctx context.Context, app string) (string, error) {
 	for _, d := range doms {
 		names[d.Name] = true
 	}
-	name, err := a.defineAndStart(ctx, ac, names, s.log)
+	name, err := a.defineAndStart(ctx, ac, 0, names, s.log)
 	a.provisionMu.Unlock()
 	if err != nil {
 		return "", err
@@ -422,4 +403,9 @@ func (s *Autoscaler) requeueGuests(app string) {
 	for _, g := range s.a.guestsNeeding(app) {
 		s.a.queue.add(g)
 	}
+}
+
+func (s *Autoscaler) isRecovering(uuid string) bool {
+	_, ok := s.recovering[uuid]
+	return ok
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"time"
 
 	"github.com/vsagent/vsagent/sourceroute"
 )
@@ -57,4 +58,56 @@ func (d *DistributionManager) mark(ctx context.Context, uuid string, set func(*i
 
 func (d *DistributionManager) instanceCounters() (map[string]sourceroute.InstanceCounters, map[string]int64) {
 	return d.engine.Counters().Instances, d.engine.InstanceFlows()
+}
+
+// onEngineEvent passes the engine's events on, and takes an instance the
+// engine found silent by its health probes out of the flows' choices at
+// once, without waiting for the autoscaler's next poll (which recreates
+// it, see checkSilence).
+func (d *DistributionManager) onEngineEvent(ev sourceroute.Event) {
+	if ev.Kind == sourceroute.EventApplianceSilent {
+		// Not on the engine's event goroutine: an update waits for the
+		// data path, and events must keep flowing meanwhile.
+		go d.markSilent(ev.Instance)
+	}
+	if d.cfg.OnEvent != nil {
+		d.cfg.OnEvent(ev)
+	}
+}
+
+func (d *DistributionManager) markSilent(instance string) {
+	uuid := d.instanceUUID(instance)
+	if uuid == "" {
+		return // no guest uses it any more
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := d.SetHealthy(ctx, uuid, false); err != nil {
+		d.log.Warn("cannot take a silent appliance instance out of the flows' choices", "instance", instance, "error", err)
+		return
+	}
+	d.log.Warn("appliance instance silent: health probes unanswered; its flows fail over or meet on_failure", "instance", instance)
+}
+
+func (d *DistributionManager) instanceUUID(name string) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, g := range d.guests {
+		for _, insts := range g.appliances {
+			for _, inst := range insts {
+				if inst.Name == name {
+					return inst.UUID
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// markedUnhealthy reports whether the instance is out of the flows'
+// choices by a mark: the autoscaler's, or the probes' (markSilent).
+func (d *DistributionManager) markedUnhealthy(uuid string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.marks[uuid].unhealthy
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"slices"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -145,6 +144,17 @@ func newTwinLab(t *testing.T) *twinLab {
 	return tl
 }
 
+// waitProbed waits until a health probe went through the instance since
+// the last miss: what the autoscaler's next poll needs to trust it again.
+func (tl *twinLab) waitProbed(inst string) {
+	tl.t.Helper()
+	before := tl.dm.Engine().Counters().Instances[inst].ProbesAnswered
+	tl.eventually(inst+" answering health probes", func() bool {
+		c, ok := tl.dm.Engine().Counters().Instances[inst]
+		return ok && c.ProbeMissStreak == 0 && c.ProbesAnswered > before
+	})
+}
+
 // TestTwinInstancesShareFailOverAndDrainInNamespaces: new flows spread
 // over both instances, a crashed instance's flows continue on its twin,
 // the autoscaler restarts it, and a draining instance keeps its flows but
@@ -186,18 +196,21 @@ func TestTwinInstancesShareFailOverAndDrainInNamespaces(t *testing.T) {
 		t.Fatalf("flows by instance after the crash %v: none may pass vsa-ips-2", spread)
 	}
 
-	// The autoscaler restarts it, and new flows use it again.
+	// The autoscaler recreates it from its template (its appliance starts
+	// again in the recreated domain), and once a probe went through it the
+	// next poll trusts it again: new flows use it.
 	restarted := time.Now()
 	step(50)
-	if !l.hasEvent(EventApplianceRestart, "vsa-ips-2") {
-		t.Fatal("no appliance-restarted event for vsa-ips-2")
+	if !l.hasEvent(EventApplianceRecreated, "vsa-ips-2") {
+		t.Fatal("no appliance-recreated event for vsa-ips-2")
+	}
+	if twin = l.byName("vsa-ips-2"); twin.UUID == "" {
+		t.Fatal("vsa-ips-2 was not defined again")
 	}
 	runs["vsa-ips-2"] = vsafiltertest.Start(t, context.Background(), l.applNS["vsa-ips-2"], l.bin, "vsa-ips-2b", "eth0", "[output]\nstats_interval = \"0s\"\n")
-	l.eventually("vsa-ips-2 back in the DM's rules", func() bool {
-		_, ok := l.dm.Engine().Counters().Instances["vsa-ips-2"]
-		return ok
-	})
-	t.Logf("restart poll to the instance back in the DM's rules: %s", time.Since(restarted))
+	tl.waitProbed("vsa-ips-2")
+	step(50)
+	t.Logf("recreating poll to the instance trusted again (a probe through it, the next poll): %s", time.Since(restarted))
 	l.eventually("agent settled", l.agent.Settled)
 
 	// Draining vsa-ips-2: flows already on it stay, new ones avoid it.
@@ -293,9 +306,9 @@ func TestSilentInstanceFailsOverAndIsRecreatedInNamespaces(t *testing.T) {
 	})
 	silent := time.Now()
 	tl.step(50)
-	if !l.hasEvent(EventApplianceSilent, "vsa-ips-2") || !l.hasEvent(EventApplianceRestart, "vsa-ips-2") {
+	if !l.hasEvent(EventApplianceSilent, "vsa-ips-2") || !l.hasEvent(EventApplianceRecreated, "vsa-ips-2") {
 		evs, _ := l.agent.Events(0)
-		t.Fatalf("no appliance-silent and appliance-restarted events for vsa-ips-2: %+v", evs)
+		t.Fatalf("no appliance-silent and appliance-recreated events for vsa-ips-2: %+v", evs)
 	}
 	if l.hasEvent(EventApplianceSilent, "vsa-ips-1") {
 		t.Fatal("vsa-ips-1, which answered, was called silent")
@@ -324,6 +337,7 @@ func TestSilentInstanceFailsOverAndIsRecreatedInNamespaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.eventually("agent settled", l.agent.Settled)
+	tl.waitProbed("vsa-ips-2")
 	tl.step(50)
 	sent, got := sendRound(t, l, tl.web1, tl.web2, 7201, flows, "after the recovery")
 	if !slices.Equal(sent, got) {
@@ -341,21 +355,8 @@ func TestSilentInstanceFailsOverAndIsRecreatedInNamespaces(t *testing.T) {
 func TestSilentOnlyInstanceMeetsOnFailureInNamespaces(t *testing.T) {
 	for _, onFailure := range []string{"block", "bypass"} {
 		t.Run(onFailure, func(t *testing.T) {
-			l := newDPLab(t)
-			l.host.AddBridge(t, "br0")
-			web1 := l.addGuest(t, "web-1", "br0", "10.9.0.1", 1)
-			web2 := l.addGuest(t, "web-2", "br0", "10.9.0.2", 2)
-			l.start(t, strings.Replace(twinConfig, "max_instances = 2", "max_instances = 1\non_failure = \""+onFailure+"\"", 1))
-			l.defineGuest(t, "web-1", "br0")
-			l.defineGuest(t, "web-2", "br0")
-			l.eventually("web guests inspected", func() bool {
-				return l.guestState("web-1") == GuestInspected && l.guestState("web-2") == GuestInspected
-			})
-			vsa := l.startAppliances(t, nil)
-			scaler := NewAutoscaler(l.agent, AutoscalerOptions{Hypervisor: l.conn, Sampler: &scriptedLoad{cpu: 50}, Drainer: l.dm, Health: l.dm})
-			if out, err := web1.ns.Exec(context.Background(), "ping", "-c", "1", "-W", "5", web2.ip); err != nil {
-				t.Fatalf("ping through the chain: %v\n%s", err, out)
-			}
+			ol := newOnlyInstanceLab(t, onFailure)
+			l, web1, web2, vsa, scaler := ol.dpLab, ol.web1, ol.web2, ol.runs, ol.scaler
 			if err := scaler.Step(context.Background()); err != nil { // the baseline
 				t.Fatal(err)
 			}
@@ -375,10 +376,10 @@ func TestSilentOnlyInstanceMeetsOnFailureInNamespaces(t *testing.T) {
 			if !l.hasEvent(EventApplianceSilent, "vsa-ips-1") {
 				t.Fatal("no appliance-silent event for vsa-ips-1")
 			}
-			// The recreate stopped and started the only instance: the
-			// guests were gated meanwhile and are back now, with it marked
-			// unhealthy until the next poll.
-			l.eventually("guests inspected again", func() bool {
+			// The recreated instance stays out of the flows' choices until a
+			// probe goes through it (its appliance is still stopped), and the
+			// guests are inspected, not gated.
+			l.eventually("guests inspected", func() bool {
 				return l.agent.Settled() && l.guestState("web-1") == GuestInspected && l.guestState("web-2") == GuestInspected
 			})
 			before := l.dm.Engine().Counters()
@@ -386,28 +387,7 @@ func TestSilentOnlyInstanceMeetsOnFailureInNamespaces(t *testing.T) {
 			if _, err := udpDial(t, web1, web2, 7301).Write([]byte("while ips is unhealthy")); err != nil {
 				t.Fatal(err)
 			}
-			got := receiveAll(rx, 1, 2*time.Second)
-			c := l.dm.Engine().Counters()
-			if sent := c.Instances["vsa-ips-1"].Sent; sent != before.Instances["vsa-ips-1"].Sent {
-				t.Errorf("the DM sent %d more frames to the unhealthy vsa-ips-1", sent-before.Instances["vsa-ips-1"].Sent)
-			}
-			switch onFailure {
-			case "block":
-				if len(got) != 0 {
-					t.Fatalf("with on_failure = block a datagram arrived: %q", got)
-				}
-				if c.Drops["chain_not_ready"] <= before.Drops["chain_not_ready"] {
-					t.Errorf("drops %v (before %v): the blocked datagram is not counted as chain_not_ready", c.Drops, before.Drops)
-				}
-			case "bypass":
-				if !slices.Equal(got, []string{"while ips is unhealthy"}) {
-					t.Fatalf("with on_failure = bypass: received %q; DM drops %v", got, c.Drops)
-				}
-				l.eventually("a bypass event", func() bool { return l.hasEvent(EventBypass, "") })
-				if c.Bypassed["ips"] == 0 {
-					t.Errorf("bypassed flows %v, want ips counted", c.Bypassed)
-				}
-			}
+			ol.checkOnFailure(t, before, receiveAll(rx, 1, 2*time.Second), "while ips is unhealthy")
 		})
 	}
 }

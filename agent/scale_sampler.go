@@ -30,10 +30,12 @@ type loadSampler struct {
 }
 
 type loadReading struct {
-	at    time.Time
-	used  time.Duration
-	vcpus uint
-	sent  uint64
+	at       time.Time
+	used     time.Duration
+	vcpus    uint
+	sent     uint64
+	answered uint64        // health probes
+	rtt      time.Duration // their round trips, summed
 }
 
 func newLoadSampler(hv cpuTimer, now func() time.Time) *loadSampler {
@@ -55,13 +57,16 @@ func (s *loadSampler) SampleLoad(ctx context.Context, insts []Instance) map[stri
 		}
 		seen[inst.UUID] = true
 		c := counters[inst.Name]
-		cur := loadReading{at: s.now(), used: used, vcpus: vcpus, sent: c.Sent}
+		cur := loadReading{at: s.now(), used: used, vcpus: vcpus, sent: c.Sent, answered: c.ProbesAnswered, rtt: c.ProbeRTTTotal}
 		load := InstanceLoad{Flows: flows[inst.Name]}
 		if answered := c.Returned + c.Notices + c.Timeouts; c.Sent > answered {
 			load.AwaitingReturn = c.Sent - answered
 		}
 		prev, ok := s.prev[inst.UUID]
 		s.prev[inst.UUID] = cur
+		if ok {
+			load.ReturnLatency = meanLatency(prev, cur)
+		}
 		dt := cur.at.Sub(prev.at)
 		// CPU time that went backwards is a restarted domain; a vCPU count
 		// that changed mid-interval makes the division meaningless. Either
@@ -83,4 +88,14 @@ func (s *loadSampler) SampleLoad(ctx context.Context, insts []Instance) map[stri
 		}
 	}
 	return out
+}
+
+// meanLatency is the mean round trip of the health probes answered between
+// two readings; 0 when none was (a silent instance is the health check's
+// business, not a load).
+func meanLatency(prev, cur loadReading) time.Duration {
+	if cur.answered <= prev.answered || cur.rtt < prev.rtt {
+		return 0 // none answered, or the counters started over
+	}
+	return (cur.rtt - prev.rtt) / time.Duration(cur.answered-prev.answered)
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/vsagent/vsagent/appliance"
 	"github.com/vsagent/vsagent/hypervisor"
 )
 
@@ -136,7 +138,7 @@ func (l *scaleLab) scaleEvents() []string {
 
 var scaleEventSet = map[EventKind]struct{}{
 	EventScaleUp: {}, EventScaleDown: {}, EventScaleOut: {}, EventScaleDrain: {}, EventScaleUndrain: {},
-	EventScaleIn: {}, EventBudgetExceeded: {}, EventScaleLimit: {}, EventApplianceFailed: {}, EventApplianceRestart: {},
+	EventScaleIn: {}, EventBudgetExceeded: {}, EventScaleLimit: {}, EventApplianceFailed: {}, EventApplianceRecreated: {},
 }
 
 func TestAutoscalerScalesUpOutAndIn(t *testing.T) {
@@ -212,10 +214,18 @@ func TestAutoscalerRespectsHostBudget(t *testing.T) {
 	}
 }
 
-func TestAutoscalerRestartsAFailedInstance(t *testing.T) {
+func TestAutoscalerRecreatesAFailedInstance(t *testing.T) {
 	l := newScaleLab(t, "100")
 	l.poll(0, 50, nil)
 	ips := l.byName("vsa-ips-1")
+	macs := func(uuid string) []string {
+		x, err := l.conn.DomainXML(context.Background(), uuid, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return macStrings(appliance.InstanceMACs(x))
+	}
+	oldMACs := macs(ips.UUID)
 	// Stop the agent's reconcile from getting there first: the autoscaler
 	// must recover an instance on its own (a duplicate is never started by
 	// provisioning, which only needs one running instance).
@@ -224,10 +234,27 @@ func TestAutoscalerRestartsAFailedInstance(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.poll(10*time.Second, 50, nil)
-	if st := l.state(ips.UUID); st != hypervisor.StateRunning {
-		t.Fatalf("vsa-ips-1 is %s after a poll, want running again", st)
+	again := l.byName("vsa-ips-1")
+	if again.UUID == ips.UUID {
+		t.Fatalf("vsa-ips-1 kept its domain %s: restarted, not recreated from its template", ips.UUID)
 	}
-	if diff := cmp.Diff([]string{"appliance-failed vsa-ips-1", "appliance-restarted vsa-ips-1"}, l.scaleEvents()); diff != "" {
+	if _, err := l.conn.Lookup(context.Background(), ips.UUID); !errors.Is(err, hypervisor.ErrNotFound) {
+		t.Fatalf("the failed domain is still defined: %v", err)
+	}
+	if st := l.state(again.UUID); st != hypervisor.StateRunning {
+		t.Fatalf("the new vsa-ips-1 is %s, want running", st)
+	}
+	if got := macs(again.UUID); len(got) == 0 || !slices.Equal(got, oldMACs) {
+		t.Errorf("the new vsa-ips-1 has MACs %v, the old one had %v", got, oldMACs)
+	}
+	x, err := l.conn.DomainXML(context.Background(), again.UUID, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o, ok := appliance.OwnerOf(x); !ok || o.Appliance != "ips" || o.Index != 1 {
+		t.Errorf("the new vsa-ips-1 carries owner %+v (%v), want ips #1", o, ok)
+	}
+	if diff := cmp.Diff([]string{"appliance-failed vsa-ips-1", "appliance-recreated vsa-ips-1"}, l.scaleEvents()); diff != "" {
 		t.Fatalf("events (-want +got):\n%s", diff)
 	}
 }

@@ -108,6 +108,12 @@ type Config struct {
 	// FastPath, if set, forwards established flows that take no chain in
 	// the kernel (see dm_fastpath.go).
 	FastPath FastPath
+	// ProbeInterval is how often each appliance instance is sent a health
+	// probe (default 1s; negative: never), ProbeTimeout how long its
+	// answer may take (default 500ms), and ProbeMisses how many probes in
+	// a row it may miss before EventApplianceSilent (default 3).
+	ProbeInterval, ProbeTimeout time.Duration
+	ProbeMisses                 int
 }
 
 // Defaults of Config.
@@ -139,14 +145,19 @@ const (
 	// healthy instance and on_failure = bypass (rate limited: at most one
 	// per appliance per second).
 	EventBypass
+	// EventApplianceSilent: an instance that had answered health probes
+	// missed Config.ProbeMisses of them in a row. Raised once per run of
+	// misses.
+	EventApplianceSilent
 )
 
 var eventKindNames = [...]string{
-	EventReturnTimeout: "return_timeout",
-	EventDropNotice:    "drop_notice",
-	EventGuestBlocked:  "guest_blocked",
-	EventFailClosed:    "fail_closed",
-	EventBypass:        "bypass",
+	EventReturnTimeout:   "return_timeout",
+	EventDropNotice:      "drop_notice",
+	EventGuestBlocked:    "guest_blocked",
+	EventFailClosed:      "fail_closed",
+	EventBypass:          "bypass",
+	EventApplianceSilent: "appliance_silent",
 }
 
 func (k EventKind) String() string { return label(eventKindNames[:], k) }
@@ -334,6 +345,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.LinkMTU < cfg.MTU {
 		return bad("LinkMTU %d is below the guests' MTU %d", cfg.LinkMTU, cfg.MTU)
+	}
+	if err := cfg.probeDefaults(); err != nil {
+		return Config{}, err
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -87,6 +87,15 @@ type InstanceCounters struct {
 	Appliance                                string
 	Sent, SentBytes, Returned, ReturnedBytes uint64
 	Notices, Timeouts                        uint64
+	// Health probes (not counted above): sent, answered in time (or with a
+	// drop notice), missed; MissStreak is the misses since the last answer,
+	// counted only once the instance has answered one (before, it is
+	// starting, not silent).
+	// ProbeRTT is the last answer's round trip and ProbeRTTTotal the sum
+	// over ProbesAnswered, so a mean over any interval is a difference.
+	ProbesSent, ProbesAnswered, ProbesMissed uint64
+	ProbeMissStreak                          uint32
+	ProbeRTT, ProbeRTTTotal                  time.Duration
 }
 
 // PortCounters are one port's frames.
@@ -254,9 +263,11 @@ func (e *Engine) Counters() Counters {
 		for i := range v {
 			v[i] -= base[i]
 		}
-		out.Instances[inst.name] = InstanceCounters{Appliance: inst.appliance,
+		ic := InstanceCounters{Appliance: inst.appliance,
 			Sent: v[iSent], SentBytes: v[iSentBytes], Returned: v[iReturned], ReturnedBytes: v[iReturnedBytes],
 			Notices: v[iNotices], Timeouts: v[iTimeouts]}
+		inst.probe.fill(&ic)
+		out.Instances[inst.name] = ic
 	}
 	for name, p := range st.ports {
 		out.Ports[name] = PortCounters{RxFrames: p.rxFrames.Load(), RxBytes: p.rxBytes.Load(), RxErrors: p.rxErrors.Load(),
@@ -410,7 +421,7 @@ func (e *Engine) dispatchEvents(ctx context.Context) {
 // timeout (within 10ms..1s), and once a second flow expiry and the
 // reclamation of removed flows' entries.
 func (e *Engine) maintain(ctx context.Context) {
-	tick := min(max(e.cfg.ReturnTimeout/2, 10*time.Millisecond), time.Second)
+	tick := min(max(e.cfg.ReturnTimeout/2, 10*time.Millisecond), time.Second, e.cfg.probeTickEvery())
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	var lastExpire int64
@@ -421,6 +432,7 @@ func (e *Engine) maintain(ctx context.Context) {
 		case <-t.C:
 		}
 		now := e.mono()
+		e.probeTick(e.state.Load(), now)
 		e.scanTimeouts(now)
 		if now-lastExpire >= int64(time.Second) || e.slab.pendingLen() > e.cfg.MaxFlows/8 {
 			e.reclaim(ctx, now)

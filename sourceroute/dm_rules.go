@@ -103,7 +103,9 @@ type ApplianceRule struct {
 	MAC  MAC
 	Kind ApplianceKind
 	// Port is a header appliance's link (both directions) or a wire
-	// appliance's in-port.
+	// appliance's in-port. An instance that is down (Healthy false) may
+	// have no ports: it then only tells the engine that the appliance
+	// exists and what its OnFailure is.
 	Port string
 	// OutPort is a wire appliance's out-port. Frames of a flow's forward
 	// direction enter Port and come back on OutPort; replies go the other
@@ -269,12 +271,17 @@ func (e *Engine) validate(s *Snapshot) error {
 		if a.OnFailure > FailBypass {
 			p.addf("%s: unknown on_failure %d", who, a.OnFailure)
 		}
-		claimPort(a.Port, "a port of "+who, who)
 		switch {
+		case a.Port == "" && a.OutPort == "" && !a.Healthy:
+			// An instance that is down: no link, only its appliance's
+			// existence and on_failure.
 		case a.Kind == WireAppliance:
+			claimPort(a.Port, "a port of "+who, who)
 			claimPort(a.OutPort, "a port of "+who, who)
 		case a.OutPort != "":
 			p.addf("%s: a header appliance has no out-port", who)
+		default:
+			claimPort(a.Port, "a port of "+who, who)
 		}
 		t := applianceTraits{a.Kind, a.OnFailure}
 		if prev, ok := traits[a.Appliance]; ok && prev != t {

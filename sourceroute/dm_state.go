@@ -95,6 +95,7 @@ type instanceObj struct {
 	// Engine.updateMu.
 	healthyGen uint64
 	flows      atomic.Int64 // flows pinned to it, until their entries are reclaimed
+	probe      *probeState  // shared by every object of the same instance name
 }
 
 type applianceObj struct {
@@ -172,6 +173,7 @@ type registry struct {
 	zoneIDs    idAlloc
 	guestRT    map[string]*guestRuntime
 	appRT      map[string]*applianceRuntime
+	probes     map[string]*probeState // by instance name
 }
 
 // slotInfo is a counter slot and what it held when its owner got it, so a
@@ -206,6 +208,7 @@ func (r *registry) init() {
 	r.zones = map[string]uint16{}
 	r.guestRT = map[string]*guestRuntime{}
 	r.appRT = map[string]*applianceRuntime{}
+	r.probes = map[string]*probeState{}
 }
 
 // acquire returns the open port called name, opening it if needed; a port
@@ -340,6 +343,10 @@ func (e *Engine) build(s *Snapshot, old *state) (*state, *changes, error) {
 	for _, rule := range s.Appliances {
 		healthy, draining := rule.Healthy, rule.Draining
 		rule.Healthy, rule.Draining = false, false
+		if rule.Port == "" {
+			e.appliance(ns, rule.Appliance, rule.OnFailure) // down: validated as unhealthy
+			continue
+		}
 		in := port(rule.Port, true)
 		var out *openPort
 		if rule.Kind == WireAppliance {
@@ -473,10 +480,19 @@ func (e *Engine) newInstance(rule ApplianceRule, in, out *openPort) *instanceObj
 		si.baseI = e.sumInstance(si.id)
 		r.instSlots[rule.Instance] = si
 	}
+	ps := r.probes[rule.Instance]
+	if ps == nil {
+		ps = &probeState{}
+		r.probes[rule.Instance] = ps
+	}
+	// An outstanding probe went to the old ports or address, and what is
+	// behind the new ones has to answer once before it can fall silent.
+	ps.pending.Store(0)
+	ps.alive.Store(false)
 	h := fnv.New64a()
 	h.Write([]byte(rule.Appliance + "/" + rule.Instance))
 	return &instanceObj{rule: rule, name: rule.Instance, appliance: rule.Appliance, mac: rule.MAC,
-		kind: rule.Kind, port: in, out: out, slot: si.id, seed: h.Sum64()}
+		kind: rule.Kind, port: in, out: out, slot: si.id, seed: h.Sum64(), probe: ps}
 }
 
 // fillRoles derives the receive roles and flood lists of ns.
@@ -659,6 +675,7 @@ func (e *Engine) retire(ns *state) {
 		if !live[name] {
 			r.instIDs.put(si.id)
 			delete(r.instSlots, name)
+			delete(r.probes, name)
 		}
 	}
 	for name := range r.appRT {

@@ -468,6 +468,9 @@ func (w *worker) fromHeaderAppliance(st *state, inst *instanceObj, frame []byte,
 		w.drop(nil, DropUnexpected) // not a frame this instance forwarded
 		return
 	}
+	if w.probeReturned(inst, f.Inner(), now) {
+		return
+	}
 	ic := &w.c.insts[inst.slot]
 	ic[iReturned].add(1)
 	ic[iReturnedBytes].add(uint64(len(frame)))
@@ -497,6 +500,9 @@ func (w *worker) fromHeaderAppliance(st *state, inst *instanceObj, frame []byte,
 // fromWire handles a frame coming out of a wire appliance: the DM finds its
 // flow again, and restores the header for the next hop or delivers it.
 func (w *worker) fromWire(st *state, inst *instanceObj, frame []byte, now int64) {
+	if w.probeReturned(inst, frame, now) {
+		return
+	}
 	fe, dir, rt := w.flowOf(st, frame, now)
 	j := -1
 	if rt != nil {
@@ -559,6 +565,9 @@ func (w *worker) notice(st *state, inst *instanceObj, frame []byte, now int64) {
 	if n.From != inst.mac || n.To != w.e.self {
 		w.drop(nil, DropUnexpected)
 		return
+	}
+	if f, r := w.e.codec.Parse(n.Dropped); r == OK && w.probeReturned(inst, f.Inner(), now) {
+		return // a probe's notice answers it all the same: the instance is alive
 	}
 	w.c.insts[inst.slot][iNotices].add(1)
 	ev := Event{Kind: EventDropNotice, Time: w.e.wallOf(now), Appliance: inst.appliance, Instance: inst.name, Notice: n.Why}

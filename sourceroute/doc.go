@@ -22,7 +22,9 @@
 // fails closed, reports drop notices and return timeouts as Events, and
 // counts every drop by reason. Given a FastPath (the agent wires an XDP
 // one), it offloads the established flows that take no chain to the
-// kernel and keeps the kernel's entries in step with its flow table.
+// kernel and keeps the kernel's entries in step with its flow table. It
+// also probes every appliance instance (BuildProbe, ParseProbe: a vsagent
+// convention, docs/source-route.md) and reports one that stops answering.
 // docs/distribution-manager.md describes it.
 //
 // It imports nothing else of vsagent's. The codec and flow table are hot

@@ -59,6 +59,9 @@ type Dataplane struct {
 	// chain (XDP on the ports guest frames arrive on); where it cannot,
 	// those flows stay on the userspace path.
 	FastPath bool // fast_path
+	ProbeInterval   time.Duration // probe_interval: how often each appliance instance gets a health probe
+	ProbeTimeout    time.Duration // probe_timeout: how long a probe's answer may take; <= ProbeInterval
+	ProbeMisses     int           // probe_misses: probes missed in a row that make an instance silent
 }
 
 // Intercept is the [intercept] table.
@@ -207,6 +210,9 @@ func defaults() *Config {
 			Workers:         0,
 			Port:            "vsa-dm0",
 			FastPath:        true,
+			ProbeInterval:   time.Second,
+			ProbeTimeout:    500 * time.Millisecond,
+			ProbeMisses:     3,
 		},
 		Intercept: Intercept{Backend: "tc-redirect"},
 		Scaling: Scaling{

@@ -71,6 +71,18 @@ func (l *loader) dataplane(t *table) {
 			t.errorf("port", "%v", err)
 		}
 	}
+	intervalOK := t.duration("probe_interval", &dp.ProbeInterval, 10*time.Millisecond)
+	timeoutOK := t.duration("probe_timeout", &dp.ProbeTimeout, time.Millisecond)
+	// As with lower_cpu: compare only values the file set and that stood.
+	if (intervalOK || timeoutOK) && intervalOK == t.has("probe_interval") && timeoutOK == t.has("probe_timeout") &&
+		dp.ProbeTimeout > dp.ProbeInterval {
+		key := "probe_timeout"
+		if !t.has(key) {
+			key = "probe_interval"
+		}
+		t.errorf(key, "probe_timeout (%s) must not exceed probe_interval (%s): one probe is outstanding at a time", dp.ProbeTimeout, dp.ProbeInterval)
+	}
+	t.intField("probe_misses", &dp.ProbeMisses, 1, 100)
 	t.finish()
 }
 
