@@ -1,0 +1,268 @@
+//go:build linux
+
+package sourceroute
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vsagent/vsagent/internal/netnstest"
+	"github.com/vsagent/vsagent/internal/vsafiltertest"
+	"github.com/vsagent/vsagent/internal/xdpfast"
+)
+
+// The XDP fast path is the engine's chain-carrying fast path.
+var _ ChainFastPath = (*xdpfast.FastPath)(nil)
+
+// TestDMFastChainInNamespaces runs a chained flow through two vsafilter
+// appliances (ips, then fw; replies fw, then ips) with the XDP fast path,
+// which pushes, switches and strips the MSR header in the kernel:
+//   - frames arrive byte for byte both ways, both appliances forwarded
+//     every one, the DM's per-instance counters include what the kernel
+//     carried, and the kernel's counters show it carried them;
+//   - frames ips denies are still dropped, each with a drop notice Event,
+//     whether the DM or the kernel pushed them, and raise no timeout;
+//   - after an Update that takes ips out of the chain, no frame of the
+//     flow reaches ips any more;
+//   - when fw goes silent, the flow raises a return timeout naming fw and
+//     is taken back to the userspace path, which carries it once fw is
+//     back.
+func TestDMFastChainInNamespaces(t *testing.T) {
+	netnstest.RequireRoot(t)
+	bin := vsafiltertest.Build(t, "..")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	dmNS, aNS, bNS, ipsNS, fwNS := netnstest.New(t), netnstest.New(t), netnstest.New(t), netnstest.New(t), netnstest.New(t)
+	for _, ns := range []*netnstest.NS{dmNS, aNS, bNS, ipsNS, fwNS} {
+		ns.QuietIPv6(t)
+	}
+	macA, macB := gMAC(0xa1), gMAC(0xb1)
+	for _, l := range []struct {
+		ns   *netnstest.NS
+		port string
+		mac  MAC
+		mtu  int
+	}{{aNS, "ga", macA, 1500}, {bNS, "gb", macB, 1500}, {ipsNS, "v1", ipsMAC, 1600}, {fwNS, "v2", fwMAC, 1600}} {
+		netnstest.Veth(t,
+			netnstest.End{NS: l.ns, Name: "eth0", MAC: net.HardwareAddr(l.mac[:]), MTU: l.mtu},
+			netnstest.End{NS: dmNS, Name: l.port, MTU: l.mtu})
+	}
+	for _, g := range []struct {
+		ns   *netnstest.NS
+		addr string
+	}{{aNS, "10.9.0.1/24"}, {bNS, "10.9.0.2/24"}} {
+		if _, err := g.ns.Exec(ctx, "ip", "addr", "add", g.addr, "dev", "eth0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ips := vsafiltertest.Start(t, ctx, ipsNS, bin, "ips", "eth0", "[output]\nstats_interval = \"0s\"\n[[rule]]\nname = \"deny-discard\"\naction = \"deny\"\nproto = \"udp\"\ndport = 9\n")
+	fw := vsafiltertest.Start(t, ctx, fwNS, bin, "fw", "eth0", "[output]\nstats_interval = \"0s\"\n")
+	// Redirected frames enter a veth only if its peer runs XDP.
+	for _, ns := range []*netnstest.NS{aNS, bNS, ipsNS, fwNS} {
+		attachPass(t, ns, "eth0")
+	}
+
+	events := make(chan Event, 256)
+	e := newNetnsEngine(t, dmNS, true, Config{ReturnTimeout: time.Second,
+		Logger: slog.New(slog.NewTextHandler(tLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Events: func(ev Event) { events <- ev }})
+	snapshot := func(chain ...string) Snapshot {
+		return Snapshot{
+			Guests: []GuestRule{
+				{Name: "a", Ready: true, Policy: dmPolicy("protected", chain...), Interfaces: []GuestInterface{{MAC: macA, Port: "ga", Dedicated: true}}},
+				{Name: "b", Ready: true, Interfaces: []GuestInterface{{MAC: macB, Port: "gb", Dedicated: true}}},
+			},
+			Appliances: []ApplianceRule{
+				{Appliance: "ips", Instance: "ips-1", MAC: ipsMAC, Port: "v1", Healthy: true},
+				{Appliance: "fw", Instance: "fw-1", MAC: fwMAC, Port: "v2", Healthy: true},
+			},
+		}
+	}
+	if err := e.Update(ctx, snapshot("ips", "fw")); err != nil {
+		t.Fatal(err)
+	}
+	runEngine(t, ctx, e)
+
+	ab := openRawGuests(t, ctx, aNS, bNS, macA)
+	ba := openRawGuests(t, ctx, bNS, aNS, macB)
+	for _, l := range []struct {
+		ns   *netnstest.NS
+		addr string
+	}{{aNS, "10.9.0.1:40000"}, {bNS, "10.9.0.2:5000"}} {
+		var c net.PacketConn
+		if err := l.ns.Do(func() (err error) { c, err = net.ListenPacket("udp4", l.addr); return err }); err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	toB := func(dport uint16, payload string) []byte {
+		return dmUDPFrame(macA, macB, "10.9.0.1", "10.9.0.2", 40000, dport, payload)
+	}
+	toA := func(payload string) []byte {
+		return dmUDPFrame(macB, macA, "10.9.0.2", "10.9.0.1", 5000, 40000, payload)
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: never happened; counters %+v, fast path %+v", what, e.Counters(), e.FastPathStats())
+			}
+		}
+	}
+	exchange := func(g *rawGuests, n int, frame func(i int) []byte) {
+		t.Helper()
+		for i := range n {
+			want := frame(i)
+			g.send(want)
+			if got := g.receive(10 * time.Second); !bytes.Equal(got, want) {
+				t.Fatalf("frame %d arrived as %x, want %x", i, got, want)
+			}
+		}
+	}
+	event := func(kind EventKind) Event {
+		t.Helper()
+		timeout := time.After(15 * time.Second)
+		for {
+			select {
+			case ev := <-events:
+				if ev.Kind == kind {
+					return ev
+				}
+			case <-timeout:
+				t.Fatalf("no %v event", kind)
+			}
+		}
+	}
+	noEvent := func(kind EventKind) {
+		t.Helper()
+		for {
+			select {
+			case ev := <-events:
+				if ev.Kind == kind {
+					t.Fatalf("unexpected event %+v", ev)
+				}
+			default:
+				return
+			}
+		}
+	}
+
+	// Settle: the links and processes, bounded.
+	probe := toB(5000, "probe")
+	for attempt := 0; ab.receive(time.Second) == nil; attempt++ {
+		if attempt == 10 {
+			t.Fatalf("no probe crossed the chain; DM counters %+v", e.Counters())
+		}
+		ab.send(probe)
+	}
+	for ab.receive(300*time.Millisecond) != nil {
+	}
+	// The engine reads the kernel's counters back every half return
+	// timeout: let it read the probes' before taking the baselines.
+	time.Sleep(1200 * time.Millisecond)
+
+	// 1. Both ways, byte for byte; the kernel carries it all but the
+	// first reply's push, and every hop of it is counted.
+	const n = 30
+	kernel0 := e.FastPathStats().Frames
+	ips0, fw0 := ips.Counters(t), fw.Counters(t)
+	inst0 := e.Counters().Instances
+	exchange(ab, n, func(i int) []byte { return toB(5000, fmt.Sprintf("request %02d", i)) })
+	exchange(ba, n, func(i int) []byte { return toA(fmt.Sprintf("reply %02d", i)) })
+	if got := e.FastPathStats().Entries; got != 6 {
+		t.Errorf("%d kernel entries, want 6 (a push and two returns each way)", got)
+	}
+	// Each frame the kernel carries crosses three entries: the push, the
+	// switch from the first appliance to the second, the strip.
+	waitFor("the kernel's counters read back", func() bool { return e.FastPathStats().Frames-kernel0 >= 3*2*n-1 })
+	if got := e.FastPathStats().Frames - kernel0; got != 3*2*n-1 {
+		t.Errorf("the kernel carried %d frame-hops, want %d", got, 3*2*n-1)
+	}
+	ips1, fw1 := ips.Counters(t), fw.Counters(t)
+	if d := ips1.Appliance.Forwarded - ips0.Appliance.Forwarded; d != 2*n {
+		t.Errorf("ips forwarded %d, want %d", d, 2*n)
+	}
+	if d := fw1.Appliance.Forwarded - fw0.Appliance.Forwarded; d != 2*n {
+		t.Errorf("fw forwarded %d, want %d", d, 2*n)
+	}
+	waitFor("every frame counted for both instances", func() bool {
+		c := e.Counters().Instances
+		for _, name := range []string{"ips-1", "fw-1"} {
+			if c[name].Sent-inst0[name].Sent != 2*n || c[name].Returned-inst0[name].Returned != 2*n {
+				return false
+			}
+		}
+		return true
+	})
+	noEvent(EventReturnTimeout)
+
+	// 2. A flow ips denies: its first frame pushed by the DM, the next by
+	// the kernel; both dropped, both noticed, no timeout.
+	for i := range 2 {
+		ab.send(toB(9, fmt.Sprintf("discard %d", i)))
+		ev := event(EventDropNotice)
+		if ev.Instance != "ips-1" || ev.Guest != "a" || ev.Notice != NoticePolicyDeny || !ev.HasFlow || ev.Flow.DstPort() != 9 {
+			t.Errorf("event %+v, want ips's policy-deny notice for a's flow to port 9", ev)
+		}
+	}
+	exchange(ab, 1, func(int) []byte { return toB(5000, "marker") })
+	if got := e.Counters().Instances["ips-1"].Notices - inst0["ips-1"].Notices; got != 2 {
+		t.Errorf("DM counted %d notices from ips-1, want 2", got)
+	}
+	time.Sleep(2500 * time.Millisecond) // past the return timeout
+	noEvent(EventReturnTimeout)
+
+	// 3. ips leaves the chain: once Update returns no frame reaches it.
+	if err := e.Update(ctx, snapshot("fw")); err != nil {
+		t.Fatal(err)
+	}
+	ips2 := ips.Counters(t)
+	const m = 20
+	exchange(ab, m, func(i int) []byte { return toB(5000, fmt.Sprintf("after %02d", i)) })
+	if got := ips.Counters(t).Appliance.Received - ips2.Appliance.Received; got != 0 {
+		t.Errorf("ips received %d frames after it left the chain", got)
+	}
+	if got := e.FastPathStats().Entries; got != 2 {
+		t.Fatalf("%d kernel entries for the new chain, want 2 (push, strip)", got)
+	}
+
+	// 4. fw goes silent: a return timeout naming it, and the flow is
+	// taken back to the userspace path.
+	if err := fw.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	// The signal takes effect a little later: keep sending, bounded, until
+	// frames are lost.
+	var ev Event
+	for i := 0; ev.Kind != EventReturnTimeout; i++ {
+		if i == 50 {
+			t.Fatal("no return timeout while fw was stopped")
+		}
+		ab.send(toB(5000, fmt.Sprintf("lost %02d", i)))
+		select {
+		case ev = <-events:
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	if ev.Instance != "fw-1" || ev.Guest != "a" || !ev.HasFlow || ev.Flow.DstPort() != 5000 {
+		t.Errorf("event %+v, want a timeout of a's flow at fw-1", ev)
+	}
+	waitFor("the flow taken back from the kernel", func() bool { return e.FastPathStats().Entries == 0 })
+	if err := fw.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	for ab.receive(500*time.Millisecond) != nil { // what fw held
+	}
+	kernel1 := e.FastPathStats().Frames
+	exchange(ab, 5, func(i int) []byte { return toB(5000, fmt.Sprintf("back %d", i)) })
+	if got := e.FastPathStats(); got.Entries != 0 || got.Frames != kernel1 {
+		t.Errorf("fast path %+v after the timeout, want no entries and %d frames", got, kernel1)
+	}
+}
