@@ -75,6 +75,7 @@ type fastPath struct {
 	logged map[string]bool
 	fw     *FlowWorker // refreshes offloaded flows in the table
 	chains int         // recs that push a chain's header
+	stale  bool        // entries were removed since the last barrier
 	buf    []byte      // builds the frames OffloadReturn is given
 	frames atomic.Uint64
 	bytes  atomic.Uint64
@@ -291,6 +292,7 @@ func (f *fastPath) removeLocked(e *Engine, cookie uint64) {
 	if err != nil {
 		e.log.Error("removing a fast-path entry failed", "err", err)
 	}
+	f.stale = true
 	f.accountLocked(e, &rec, cookie, packets, bytes)
 	delete(f.recs, cookie)
 	if rec.remote {
@@ -485,7 +487,9 @@ func (e *Engine) syncFastChains(now int64) {
 
 // revalidateFast removes the kernel entries that ns would no longer send
 // the same way: a flow to a remote peer whose MAC is now a local guest's
-// must come to userspace, which decides it again (see forward).
+// must come to userspace, which decides it again (see forward). Update
+// calls it after deleting the flows the change made stale; so it also
+// waits until no frame can take a removed entry's path any more.
 func (e *Engine) revalidateFast(ns *state) {
 	f := e.fast
 	if f == nil {
@@ -493,14 +497,19 @@ func (e *Engine) revalidateFast(ns *state) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.remote == 0 {
-		return
-	}
-	for cookie, rec := range f.recs {
-		if rec.remote && ns.ifaceByMAC[rec.dstMAC] != nil {
-			f.removeDirLocked(e, cookieHandle(cookie), cookieDir(cookie))
+	if f.remote > 0 {
+		for cookie, rec := range f.recs {
+			if rec.remote && ns.ifaceByMAC[rec.dstMAC] != nil {
+				f.removeDirLocked(e, cookieHandle(cookie), cookieDir(cookie))
+			}
 		}
 	}
+	if b, ok := f.fp.(interface{ Barrier() error }); ok && f.stale {
+		if err := b.Barrier(); err != nil {
+			e.log.Warn("waiting for the fast path to let go of removed entries", "err", err)
+		}
+	}
+	f.stale = false
 }
 
 // fastPortClosed tells the fast path a port is gone, if it cares: an

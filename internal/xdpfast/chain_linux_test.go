@@ -290,3 +290,20 @@ func FuzzChainProgram(f *testing.F) {
 		}
 	})
 }
+
+// TestBarrier: the wait for in-flight program runs works on this kernel,
+// and returns, with entries in the map and without.
+func TestBarrier(t *testing.T) {
+	f := loProgram(t)
+	if err := f.Barrier(); err != nil {
+		t.Fatal(err)
+	}
+	chainEntries(t, f, loadChain(t), 1500)
+	defer clearMap(t, f)
+	if verdict, _ := runOut(t, f, loadChain(t).inner); verdict != xdpRedirect {
+		t.Fatalf("verdict %d before the barrier", verdict)
+	}
+	if err := f.Barrier(); err != nil {
+		t.Fatal(err)
+	}
+}

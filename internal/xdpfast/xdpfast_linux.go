@@ -133,6 +133,10 @@ type FastPath struct {
 	cfg   Config
 	flows *ebpf.Map
 	prog  *ebpf.Program
+	// An update of a map-of-maps returns only after an RCU grace period,
+	// once every program run that began before it has ended: Barrier's
+	// way to wait for the program without a kernel interface of its own.
+	barrier, barrierInner *ebpf.Map
 
 	mu    sync.Mutex
 	ports map[string]*port
@@ -167,7 +171,32 @@ func New(cfg Config) (*FastPath, error) {
 		flows.Close()
 		return nil, fmt.Errorf("%w: program: %w", ErrUnsupported, err)
 	}
-	return &FastPath{cfg: cfg, flows: flows, prog: prog, ports: map[string]*port{}}, nil
+	inner := &ebpf.MapSpec{Name: "vsa_fast_sync", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}
+	barrierInner, err := ebpf.NewMap(inner)
+	if err != nil {
+		prog.Close()
+		flows.Close()
+		return nil, fmt.Errorf("%w: barrier map: %w", ErrUnsupported, err)
+	}
+	barrier, err := ebpf.NewMap(&ebpf.MapSpec{Name: "vsa_fast_barrier", Type: ebpf.ArrayOfMaps, KeySize: 4, MaxEntries: 1, InnerMap: inner})
+	if err != nil {
+		barrierInner.Close()
+		prog.Close()
+		flows.Close()
+		return nil, fmt.Errorf("%w: barrier map: %w", ErrUnsupported, err)
+	}
+	return &FastPath{cfg: cfg, flows: flows, prog: prog, barrier: barrier, barrierInner: barrierInner, ports: map[string]*port{}}, nil
+}
+
+// Barrier returns once every run of the program that may have found an
+// entry removed before the call has ended, and sent its frame: after it, no
+// frame takes a removed entry's path. It waits an RCU grace period
+// (milliseconds), so callers batch their removals before it.
+func (f *FastPath) Barrier() error {
+	if err := f.barrier.Put(uint32(0), f.barrierInner); err != nil {
+		return fmt.Errorf("xdpfast: wait for the program: %w", err)
+	}
+	return nil
 }
 
 // program forwards a frame whose key is in the map as the entry says and
@@ -763,5 +792,5 @@ func (f *FastPath) Close() error {
 		}
 		delete(f.ports, name)
 	}
-	return errors.Join(append(errs, f.prog.Close(), f.flows.Close())...)
+	return errors.Join(append(errs, f.prog.Close(), f.flows.Close(), f.barrier.Close(), f.barrierInner.Close())...)
 }
