@@ -129,16 +129,8 @@ type fwdTopology struct {
 // setApplianceXDP attaches the program fd to both appliances' ends of
 // their links (-1 detaches).
 func (t *fwdTopology) setApplianceXDP(b *testing.B, fd int) {
-	for _, ns := range t.appl {
-		if err := ns.Do(func() error {
-			l, err := netlink.LinkByName(fwdApplLink)
-			if err != nil {
-				return err
-			}
-			return netlink.LinkSetXdpFd(l, fd)
-		}); err != nil {
-			b.Fatalf("XDP program %d on an appliance's %s: %v", fd, fwdApplLink, err)
-		}
+	if err := setXDP(t.appl[:], fwdApplLink, fd); err != nil {
+		b.Fatal(err)
 	}
 }
 
@@ -146,14 +138,8 @@ func (t *fwdTopology) setApplianceXDP(b *testing.B, fd int) {
 // program, which the generator's XDP_TX frames need, except while the fast
 // path's own program takes its place.
 func (t *fwdTopology) setSrcPortXDP(b *testing.B, fd int) {
-	if err := t.host.Do(func() error {
-		l, err := netlink.LinkByName(fwdSrcPort)
-		if err != nil {
-			return err
-		}
-		return netlink.LinkSetXdpFd(l, fd)
-	}); err != nil {
-		b.Fatalf("XDP program %d on %s: %v", fd, fwdSrcPort, err)
+	if err := setXDP([]*netnstest.NS{t.host}, fwdSrcPort, fd); err != nil {
+		b.Fatal(err)
 	}
 }
 

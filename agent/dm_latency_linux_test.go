@@ -283,17 +283,18 @@ func (t *latTopology) udpEcho(ctx context.Context) ([]time.Duration, error) {
 	return rtts, nil
 }
 
-// setXDP attaches the program fd (-1: detaches) to eth0 of each namespace.
-func setXDP(nss []*netnstest.NS, fd int) error {
+// setXDP attaches the program fd (-1: detaches) to the link of that name
+// in each namespace.
+func setXDP(nss []*netnstest.NS, link string, fd int) error {
 	for _, ns := range nss {
 		if err := ns.Do(func() error {
-			l, err := netlink.LinkByName("eth0")
+			l, err := netlink.LinkByName(link)
 			if err != nil {
 				return err
 			}
 			return netlink.LinkSetXdpFd(l, fd)
 		}); err != nil {
-			return fmt.Errorf("XDP program on eth0: %w", err)
+			return fmt.Errorf("XDP program %d on %s: %w", fd, link, err)
 		}
 	}
 	return nil
@@ -364,12 +365,12 @@ func (t *latTopology) withDM(b *testing.B, chain, fast bool, run func() error) e
 		if chain {
 			nss = append(nss, t.appl[:]...)
 		}
-		if err := setXDP(nss, t.pass.FD()); err != nil {
+		if err := setXDP(nss, "eth0", t.pass.FD()); err != nil {
 			fp.Close()
 			return err
 		}
 		defer func() {
-			if err := errors.Join(fp.Close(), setXDP(nss, -1)); err != nil {
+			if err := errors.Join(fp.Close(), setXDP(nss, "eth0", -1)); err != nil {
 				b.Error(err)
 			}
 		}()

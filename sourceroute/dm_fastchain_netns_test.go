@@ -39,33 +39,10 @@ func TestDMFastChainInNamespaces(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	dmNS, aNS, bNS, ipsNS, fwNS := netnstest.New(t), netnstest.New(t), netnstest.New(t), netnstest.New(t), netnstest.New(t)
-	for _, ns := range []*netnstest.NS{dmNS, aNS, bNS, ipsNS, fwNS} {
-		ns.QuietIPv6(t)
-	}
-	macA, macB := gMAC(0xa1), gMAC(0xb1)
-	for _, l := range []struct {
-		ns   *netnstest.NS
-		port string
-		mac  MAC
-		mtu  int
-	}{{aNS, "ga", macA, 1500}, {bNS, "gb", macB, 1500}, {ipsNS, "v1", ipsMAC, 1600}, {fwNS, "v2", fwMAC, 1600}} {
-		netnstest.Veth(t,
-			netnstest.End{NS: l.ns, Name: "eth0", MAC: net.HardwareAddr(l.mac[:]), MTU: l.mtu},
-			netnstest.End{NS: dmNS, Name: l.port, MTU: l.mtu})
-	}
-	for _, g := range []struct {
-		ns   *netnstest.NS
-		addr string
-	}{{aNS, "10.9.0.1/24"}, {bNS, "10.9.0.2/24"}} {
-		if _, err := g.ns.Exec(ctx, "ip", "addr", "add", g.addr, "dev", "eth0"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ips := vsafiltertest.Start(t, ctx, ipsNS, bin, "ips", "eth0", "[output]\nstats_interval = \"0s\"\n[[rule]]\nname = \"deny-discard\"\naction = \"deny\"\nproto = \"udp\"\ndport = 9\n")
-	fw := vsafiltertest.Start(t, ctx, fwNS, bin, "fw", "eth0", "[output]\nstats_interval = \"0s\"\n")
+	lab := newChainLab(t, ctx, bin)
+	dmNS, aNS, bNS, macA, macB, ips, fw := lab.dm, lab.a, lab.b, lab.macA, lab.macB, lab.ips, lab.fw
 	// Redirected frames enter a veth only if its peer runs XDP.
-	for _, ns := range []*netnstest.NS{aNS, bNS, ipsNS, fwNS} {
+	for _, ns := range []*netnstest.NS{aNS, bNS, lab.ips.ns, lab.fw.ns} {
 		attachPass(t, ns, "eth0")
 	}
 
@@ -264,5 +241,53 @@ func TestDMFastChainInNamespaces(t *testing.T) {
 	exchange(ab, 5, func(i int) []byte { return toB(5000, fmt.Sprintf("back %d", i)) })
 	if got := e.FastPathStats(); got.Entries != 0 || got.Frames != kernel1 {
 		t.Errorf("fast path %+v after the timeout, want no entries and %d frames", got, kernel1)
+	}
+}
+
+// chainLab is the namespaces of the chain tests: guests a (10.9.0.1) and
+// b (10.9.0.2) on dedicated ports ga and gb, and two vsafilter
+// appliances, ips (denies UDP to port 9) on v1 and fw on v2, on links with
+// room for a header.
+type chainLab struct {
+	dm, a, b   *netnstest.NS
+	macA, macB MAC
+	ips, fw    labAppliance
+}
+
+type labAppliance struct {
+	*vsafiltertest.Run
+	ns *netnstest.NS
+}
+
+func newChainLab(t *testing.T, ctx context.Context, bin string) *chainLab {
+	t.Helper()
+	dmNS, aNS, bNS, ipsNS, fwNS := netnstest.New(t), netnstest.New(t), netnstest.New(t), netnstest.New(t), netnstest.New(t)
+	for _, ns := range []*netnstest.NS{dmNS, aNS, bNS, ipsNS, fwNS} {
+		ns.QuietIPv6(t)
+	}
+	macA, macB := gMAC(0xa1), gMAC(0xb1)
+	// Appliance links carry the guests' MTU plus a header's worth.
+	for _, l := range []struct {
+		ns   *netnstest.NS
+		port string
+		mac  MAC
+		mtu  int
+	}{{aNS, "ga", macA, 1500}, {bNS, "gb", macB, 1500}, {ipsNS, "v1", ipsMAC, 1600}, {fwNS, "v2", fwMAC, 1600}} {
+		netnstest.Veth(t,
+			netnstest.End{NS: l.ns, Name: "eth0", MAC: net.HardwareAddr(l.mac[:]), MTU: l.mtu},
+			netnstest.End{NS: dmNS, Name: l.port, MTU: l.mtu})
+	}
+	for _, g := range []struct {
+		ns   *netnstest.NS
+		addr string
+	}{{aNS, "10.9.0.1/24"}, {bNS, "10.9.0.2/24"}} {
+		if _, err := g.ns.Exec(ctx, "ip", "addr", "add", g.addr, "dev", "eth0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return &chainLab{dm: dmNS, a: aNS, b: bNS, macA: macA, macB: macB,
+		ips: labAppliance{vsafiltertest.Start(t, ctx, ipsNS, bin, "ips", "eth0",
+			"[output]\nstats_interval = \"0s\"\n[[rule]]\nname = \"deny-discard\"\naction = \"deny\"\nproto = \"udp\"\ndport = 9\n"), ipsNS},
+		fw: labAppliance{vsafiltertest.Start(t, ctx, fwNS, bin, "fw", "eth0", "[output]\nstats_interval = \"0s\"\n"), fwNS},
 	}
 }
