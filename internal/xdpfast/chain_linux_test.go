@@ -7,13 +7,21 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"net"
 	"os"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/google/go-cmp/cmp"
+	"github.com/mdlayher/packet"
 	"golang.org/x/sys/unix"
+
+	"github.com/vsagent/vsagent/internal/netnstest"
 )
 
 // chainVector is SOURCE-ROUTE.md's two-appliance walk of one frame.
@@ -62,6 +70,12 @@ type refEntry struct {
 // it redirects it, and the frame as it leaves. It states the semantics
 // independently of the program's instructions.
 func reference(entries map[Entry]refEntry, frame []byte) (redirect bool, out []byte) {
+	return referenceAt(false, entries, frame)
+}
+
+// referenceAt is reference for the XDP program, or for the tc one if tc,
+// which leaves stripping to userspace.
+func referenceAt(tc bool, entries map[Entry]refEntry, frame []byte) (redirect bool, out []byte) {
 	key, ok := KeyOf(1, frame)
 	if !ok {
 		return false, frame
@@ -88,6 +102,9 @@ func reference(entries map[Entry]refEntry, frame []byte) (redirect bool, out []b
 		return false, frame
 	}
 	if e.kind == kindStrip {
+		if tc {
+			return false, frame
+		}
 		return true, in
 	}
 	return true, frame
@@ -143,6 +160,19 @@ func runOut(t testing.TB, f *FastPath, frame []byte) (uint32, []byte) {
 	out := make([]byte, len(frame)+maxHdrLen+64)
 	opts := &ebpf.RunOptions{Data: frame, DataOut: out, Context: xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: 1}}
 	ret, err := f.prog.Run(opts)
+	if err != nil {
+		t.Fatalf("run program: %v", err)
+	}
+	return ret, out[:len(opts.DataOut)]
+}
+
+// runTC runs the tc variant on frame; the test run's device is the
+// loopback, ifindex 1, like runOut's.
+func runTC(t testing.TB, f *FastPath, frame []byte) (uint32, []byte) {
+	t.Helper()
+	out := make([]byte, len(frame)+maxHdrLen+64)
+	opts := &ebpf.RunOptions{Data: frame, DataOut: out}
+	ret, err := f.progTC.Run(opts)
 	if err != nil {
 		t.Fatalf("run program: %v", err)
 	}
@@ -305,5 +335,234 @@ func TestBarrier(t *testing.T) {
 	}
 	if err := f.Barrier(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+const (
+	tcActOK       = 0
+	tcActRedirect = 7
+)
+
+// TestTCProgramWalksTheChain: the tc variant, for ports where native XDP
+// cannot run, forwards and pushes exactly like the XDP program (checked
+// against the same Go reference on the vector's frames and their
+// variations), and leaves stripping to userspace.
+func TestTCProgramWalksTheChain(t *testing.T) {
+	f := loProgram(t)
+	if f.progTC == nil {
+		t.Skip("the kernel cannot load the tc variant")
+	}
+	c := loadChain(t)
+	entries := chainEntries(t, f, c, 1500)
+	defer clearMap(t, f)
+	frames := map[string][]byte{"inner": c.inner, "to vsa1": c.toVSA1, "to vsa2": c.toVSA2, "to dm": c.toDM,
+		"route changed": edited(c.toVSA2, func(b []byte) { b[16+5]++ }),
+		"inner tcp syn": edited(c.inner, func(b []byte) { b[ipProtoOff] = unix.IPPROTO_TCP }),
+		"too big":       append(append([]byte(nil), c.inner...), make([]byte, 1500)...),
+	}
+	want := map[string]bool{"inner": true, "to vsa2": true}
+	for name, fr := range frames {
+		t.Run(name, func(t *testing.T) {
+			refRedirect, refOut := referenceAt(true, entries, fr)
+			if refRedirect != want[name] {
+				t.Errorf("reference redirects = %v, want %v", refRedirect, want[name])
+			}
+			verdict, out := runTC(t, f, fr)
+			if wantVerdict := map[bool]uint32{true: tcActRedirect, false: tcActOK}[refRedirect]; verdict != wantVerdict {
+				t.Fatalf("verdict %d, want %d", verdict, wantVerdict)
+			}
+			if diff := cmp.Diff(refOut, out); diff != "" {
+				t.Errorf("frame as it leaves, reference (-) vs program (+):\n%s", diff)
+			}
+		})
+	}
+	if diff := cmp.Diff(c.toVSA1, func() []byte { _, out := runTC(t, f, c.inner); return out }()); diff != "" {
+		t.Errorf("pushed frame, vector (-) vs tc program (+):\n%s", diff)
+	}
+}
+
+// rawSocket is a packet socket on name in ns, closed when the test ends.
+func rawSocket(t *testing.T, ns *netnstest.NS, name string) *packet.Conn {
+	t.Helper()
+	var c *packet.Conn
+	if err := ns.Do(func() error {
+		ifi, err := net.InterfaceByName(name)
+		if err != nil {
+			return err
+		}
+		c, err = packet.Listen(ifi, packet.Raw, unix.ETH_P_ALL, nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// receiveFrom returns the next frame c receives whose source MAC is src,
+// or nil after a few seconds.
+func receiveFrom(t *testing.T, c *packet.Conn, src []byte) []byte {
+	t.Helper()
+	buf := make([]byte, 1<<16)
+	if err := c.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		n, _, err := c.ReadFrom(buf)
+		if err != nil {
+			return nil
+		}
+		if n >= 12 && bytes.Equal(buf[6:12], src) {
+			return append([]byte(nil), buf[:n]...)
+		}
+	}
+}
+
+// redirectProgram is a tc program that sends every frame out of ifindex,
+// as the tc-redirect intercept backend does with a guest's frames.
+func redirectProgram(t *testing.T, ifindex int) *ebpf.Program {
+	t.Helper()
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: asm.Instructions{
+		asm.Mov.Imm(asm.R1, int32(ifindex)),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.FnRedirect.Call(),
+		asm.Return(),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// TestInterceptLinkTakesTheTCProgram: the DM's intercept link is a veth
+// pair with a jumbo MTU, so native XDP is refused on the end the DM reads
+// ("in"); the backend redirects guests' frames out of the other end
+// ("feed"). The fast path puts its tc variant on the feed's egress: frames
+// of an offloaded flow are forwarded (direct) or pushed to an appliance
+// byte for byte, counted, and never reach the DM's end, where the engine's
+// packet socket would take them a second time; frames of other flows still
+// do.
+func TestInterceptLinkTakesTheTCProgram(t *testing.T) {
+	netnstest.RequireRoot(t)
+	dm, guest, appl := netnstest.New(t), netnstest.New(t), netnstest.New(t)
+	for _, ns := range []*netnstest.NS{dm, guest, appl} {
+		ns.QuietIPv6(t)
+	}
+	c := loadChain(t)
+	innerSrc, innerDst := net.HardwareAddr(c.inner[6:12]), net.HardwareAddr(c.inner[0:6])
+	netnstest.Veth(t, netnstest.End{NS: guest, Name: "eth0", MAC: innerSrc}, netnstest.End{NS: dm, Name: "tap", MTU: 1500})
+	netnstest.Veth(t, netnstest.End{NS: dm, Name: "feed", MTU: 9000}, netnstest.End{NS: dm, Name: "in", MTU: 9000})
+	netnstest.Veth(t, netnstest.End{NS: guest, Name: "eth1", MAC: innerDst}, netnstest.End{NS: dm, Name: "gb", MTU: 1500})
+	netnstest.Veth(t, netnstest.End{NS: appl, Name: "eth0", MAC: net.HardwareAddr(c.toVSA1[0:6]), MTU: 1600},
+		netnstest.End{NS: dm, Name: "ap", MTU: 1600})
+	var feedIdx, tapIdx int
+	if err := dm.Do(func() error {
+		for name, idx := range map[string]*int{"feed": &feedIdx, "tap": &tapIdx} {
+			ifi, err := net.InterfaceByName(name)
+			if err != nil {
+				return err
+			}
+			*idx = ifi.Index
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	redirect := redirectProgram(t, feedIdx)
+	if err := dm.Do(func() error {
+		l, err := link.AttachTCX(link.TCXOptions{Program: redirect, Interface: tapIdx, Attach: ebpf.AttachTCXIngress})
+		if err == nil {
+			t.Cleanup(func() { l.Close() })
+		}
+		return err
+	}); err != nil {
+		t.Skipf("no tcx on this kernel: %v", err)
+	}
+
+	f, err := New(Config{Do: dm.Do, MaxEntries: 16, Feeds: map[string]string{"in": "feed"}})
+	if errors.Is(err, ErrUnsupported) {
+		t.Skipf("kernel cannot load the fast path: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if f.progTC == nil {
+		t.Skip("the kernel cannot load the tc variant")
+	}
+	send := rawSocket(t, guest, "eth0")
+	atB, atAppl, atDM := rawSocket(t, guest, "eth1"), rawSocket(t, appl, "eth0"), rawSocket(t, dm, "in")
+	sendFrame := func(fr []byte) {
+		t.Helper()
+		if _, err := send.WriteTo(fr, &packet.Addr{HardwareAddr: net.HardwareAddr(fr[0:6])}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A frame of another flow, which the DM's end must still see.
+	other := edited(c.inner, func(b []byte) { b[l4Off+1]++ })
+
+	direct, ok, err := f.Offload("in", "gb", c.inner, 1)
+	if !ok || err != nil {
+		t.Fatalf("offload on the intercept port: ok %v, err %v", ok, err)
+	}
+	if !f.ports["in"].tc {
+		t.Fatal("the intercept port did not get the tc variant")
+	}
+	sendFrame(c.inner)
+	if got := receiveFrom(t, atB, innerSrc); !bytes.Equal(got, c.inner) {
+		t.Fatalf("at b: %x, want %x", got, c.inner)
+	}
+	sendFrame(other)
+	if got := receiveFrom(t, atDM, innerSrc); !bytes.Equal(got, other) {
+		t.Fatalf("first frame at the DM's end: %x, want only the other flow's %x", got, other)
+	}
+	if packets, _, err := f.Remove(direct); err != nil || packets != 1 {
+		t.Fatalf("direct entry counted %d frames (err %v), want 1", packets, err)
+	}
+
+	push, ok, err := f.OffloadPush("in", "ap", c.inner, c.toVSA1[:c.hdrLen], 1600+ethLen-c.hdrLen, 2)
+	if !ok || err != nil {
+		t.Fatalf("push offload on the intercept port: ok %v, err %v", ok, err)
+	}
+	sendFrame(c.inner)
+	if got := receiveFrom(t, atAppl, c.toVSA1[6:12]); !bytes.Equal(got, c.toVSA1) {
+		t.Fatalf("at the appliance: %x, want %x", got, c.toVSA1)
+	}
+	sendFrame(other)
+	if got := receiveFrom(t, atDM, innerSrc); !bytes.Equal(got, other) {
+		t.Fatalf("first frame at the DM's end: %x, want only the other flow's %x", got, other)
+	}
+	if packets, _, err := f.Remove(push); err != nil || packets != 1 {
+		t.Fatalf("push entry counted %d frames (err %v), want 1", packets, err)
+	}
+	// The tc variant does not strip: a last-hop entry is refused there.
+	if _, ok, err := f.OffloadReturn("in", "gb", c.toDM, true, 1<<16, 3); ok || err != nil {
+		t.Errorf("strip entry on a tc port: ok %v, err %v; want refused quietly", ok, err)
+	}
+}
+
+// TestTCProgramLeavesGSOToUserspace: a segmentation-offload skb (a tap's
+// or veth's super-frame) is not pushed: segmenting it after the push would
+// go wrong.
+func TestTCProgramLeavesGSOToUserspace(t *testing.T) {
+	f := loProgram(t)
+	if f.progTC == nil {
+		t.Skip("the kernel cannot load the tc variant")
+	}
+	c := loadChain(t)
+	chainEntries(t, f, c, 1500)
+	defer clearMap(t, f)
+	var skb [192]byte // struct __sk_buff
+	binary.NativeEndian.PutUint32(skb[skbGSOSize:], 1448)
+	binary.NativeEndian.PutUint32(skb[skbGSOSize-12:], 2) // gso_segs
+	out := make([]byte, len(c.inner)+maxHdrLen+64)
+	opts := &ebpf.RunOptions{Data: c.inner, DataOut: out, Context: skb[:]}
+	ret, err := f.progTC.Run(opts)
+	if err != nil {
+		t.Fatalf("run program: %v", err)
+	}
+	if ret != tcActOK || !bytes.Equal(opts.DataOut, c.inner) {
+		t.Fatalf("verdict %d, frame %x; want TC_ACT_OK and the frame untouched", ret, opts.DataOut)
 	}
 }

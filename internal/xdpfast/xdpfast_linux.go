@@ -126,6 +126,13 @@ type Config struct {
 	// MaxEntries bounds the kernel map (flow directions). Entries are
 	// allocated as used. Default 2 097 152.
 	MaxEntries int
+	// Feeds names, for a port frames arrive on from the other end of a
+	// veth (the DM's intercept link), that other end. Where native XDP
+	// cannot run on the port (a jumbo MTU), the tc variant of the program
+	// goes on the other end's egress, where the frames redirected into the
+	// link pass before they cross it. (Not on the port's own tc ingress:
+	// the engine's packet socket would see every frame before it.)
+	Feeds map[string]string
 }
 
 // FastPath owns the map, the program and its attachments.
@@ -133,6 +140,9 @@ type FastPath struct {
 	cfg   Config
 	flows *ebpf.Map
 	prog  *ebpf.Program
+	// progTC is the program for tc, for ports where native XDP cannot run
+	// (see Config.Feeds); nil where the kernel cannot load it.
+	progTC *ebpf.Program
 	// An update of a map-of-maps returns only after an RCU grace period,
 	// once every program run that began before it has ended: Barrier's
 	// way to wait for the program without a kernel interface of its own.
@@ -145,6 +155,8 @@ type FastPath struct {
 type port struct {
 	ifindex int
 	in      link.Link
+	tc      bool // in is the tc program: frames it redirects are skbs
+	key     int  // the ifindex in the keys of frames arriving here
 	inErr   error
 	outOK   bool
 	outErr  error
@@ -166,14 +178,18 @@ func New(cfg Config) (*FastPath, error) {
 		return nil, fmt.Errorf("%w: flow map: %w", ErrUnsupported, err)
 	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "vsa_fast", Type: ebpf.XDP, License: "GPL",
-		Instructions: program(flows.FD())})
+		Instructions: program(flows.FD(), xdpHook)})
 	if err != nil {
 		flows.Close()
 		return nil, fmt.Errorf("%w: program: %w", ErrUnsupported, err)
 	}
+	// Without it, ports that cannot run XDP just stay on the userspace path.
+	progTC, _ := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "vsa_fast_tc", Type: ebpf.SchedCLS, License: "GPL",
+		Instructions: program(flows.FD(), tcHook)})
 	inner := &ebpf.MapSpec{Name: "vsa_fast_sync", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}
 	barrierInner, err := ebpf.NewMap(inner)
 	if err != nil {
+		closeIf(progTC)
 		prog.Close()
 		flows.Close()
 		return nil, fmt.Errorf("%w: barrier map: %w", ErrUnsupported, err)
@@ -181,11 +197,19 @@ func New(cfg Config) (*FastPath, error) {
 	barrier, err := ebpf.NewMap(&ebpf.MapSpec{Name: "vsa_fast_barrier", Type: ebpf.ArrayOfMaps, KeySize: 4, MaxEntries: 1, InnerMap: inner})
 	if err != nil {
 		barrierInner.Close()
+		closeIf(progTC)
 		prog.Close()
 		flows.Close()
 		return nil, fmt.Errorf("%w: barrier map: %w", ErrUnsupported, err)
 	}
-	return &FastPath{cfg: cfg, flows: flows, prog: prog, barrier: barrier, barrierInner: barrierInner, ports: map[string]*port{}}, nil
+	return &FastPath{cfg: cfg, flows: flows, prog: prog, progTC: progTC, barrier: barrier, barrierInner: barrierInner,
+		ports: map[string]*port{}}, nil
+}
+
+func closeIf(p *ebpf.Program) {
+	if p != nil {
+		p.Close()
+	}
 }
 
 // Barrier returns once every run of the program that may have found an
@@ -211,16 +235,22 @@ func (f *FastPath) Barrier() error {
 //
 // Registers kept across the program: R6 the context, R7 the MSR header's
 // length (0 for a plain frame), R8 the frame's length, R9 the inner frame.
-func program(mapFD int) asm.Instructions {
+func program(mapFD int, h hook) asm.Instructions {
 	ins := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word), // data
-		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word), // data_end
+		asm.LoadMem(asm.R2, asm.R6, h.data, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, h.dataEnd, asm.Word),
 		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, minUDPFrame),
 		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
-		asm.Mov.Reg(asm.R8, asm.R3),
-		asm.Sub.Reg(asm.R8, asm.R2), // frame length, for the checks and the byte counter
+	}
+	if h.tc {
+		// The whole frame's length: an skb's data may be only its head.
+		ins = append(ins, asm.LoadMem(asm.R8, asm.R6, skbLen, asm.Word))
+	} else {
+		ins = append(ins, asm.Mov.Reg(asm.R8, asm.R3), asm.Sub.Reg(asm.R8, asm.R2))
+	}
+	ins = append(ins,
 		asm.Mov.Imm(asm.R7, 0),
 		asm.Mov.Reg(asm.R9, asm.R2),
 		// EtherType IPv4 (bytes 08 00, loaded little-endian), no tag.
@@ -272,7 +302,7 @@ func program(mapFD int) asm.Instructions {
 		asm.And.Imm(asm.R5, tcpSynFinRst),
 		asm.JNE.Imm(asm.R5, 0, "pass"),
 
-		asm.LoadMem(asm.R1, asm.R6, 12, asm.Word).WithSymbol("key"), // ingress_ifindex
+		asm.LoadMem(asm.R1, asm.R6, h.ifindex, asm.Word).WithSymbol("key"),
 		asm.StoreMem(asm.RFP, -KeyLen+kIfindex, asm.R1, asm.Word),
 		asm.LoadMem(asm.R1, asm.R2, 0, asm.Word),
 		asm.StoreMem(asm.RFP, -KeyLen+kDst, asm.R1, asm.Word),
@@ -316,12 +346,12 @@ func program(mapFD int) asm.Instructions {
 
 		// A frame back from an appliance: its header must be the one the
 		// entry expects, byte for byte, and its inner frame the flow's.
-		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, h.data, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, h.dataEnd, asm.Word),
 		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, minMSRFrame),
 		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
-	}
+	)
 	for off := int16(0); off < msrFixed; off += 8 {
 		ins = append(ins, mismatch(asm.R2, off, asm.R0, vHdr+off, asm.DWord)...)
 	}
@@ -339,24 +369,48 @@ func program(mapFD int) asm.Instructions {
 	ins = append(ins,
 		asm.LoadMem(asm.R1, asm.R0, vKind, asm.Word),
 		asm.JNE.Imm(asm.R1, kindStrip, "redirect"),
-		asm.Mov.Reg(asm.R9, asm.R0),
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.Mov.Reg(asm.R2, asm.R7),
-		asm.FnXdpAdjustHead.Call(),
+	)
+	if h.tc {
+		// Stripping an skb's head is not done here: such ports carry
+		// guests' frames, never an appliance's.
+		ins = append(ins, asm.Ja.Label("pass"))
+	} else {
+		ins = append(ins,
+			asm.Mov.Reg(asm.R9, asm.R0),
+			asm.Mov.Reg(asm.R1, asm.R6),
+			asm.Mov.Reg(asm.R2, asm.R7),
+			asm.FnXdpAdjustHead.Call(),
+			asm.JNE.Imm(asm.R0, 0, "pass"),
+			asm.Mov.Reg(asm.R0, asm.R9),
+			asm.Ja.Label("redirect"),
+		)
+	}
+	// Push: grow the head by the header's length and write it.
+	ins = append(ins, asm.Mov.Reg(asm.R9, asm.R0).WithSymbol("push"))
+	if h.tc {
+		ins = append(ins,
+			// A segmentation-offload skb would be segmented after the
+			// push, as what its EtherType no longer says: userspace's.
+			asm.LoadMem(asm.R1, asm.R6, skbGSOSize, asm.Word),
+			asm.JNE.Imm(asm.R1, 0, "pass"),
+			asm.LoadMem(asm.R2, asm.R9, vHdrLen, asm.Word),
+			asm.Mov.Imm(asm.R3, 0),
+			asm.Mov.Reg(asm.R1, asm.R6),
+			asm.FnSkbChangeHead.Call(),
+		)
+	} else {
+		ins = append(ins,
+			asm.Mov.Imm(asm.R2, 0),
+			asm.LoadMem(asm.R1, asm.R9, vHdrLen, asm.Word),
+			asm.Sub.Reg(asm.R2, asm.R1),
+			asm.Mov.Reg(asm.R1, asm.R6),
+			asm.FnXdpAdjustHead.Call(),
+		)
+	}
+	ins = append(ins,
 		asm.JNE.Imm(asm.R0, 0, "pass"),
-		asm.Mov.Reg(asm.R0, asm.R9),
-		asm.Ja.Label("redirect"),
-
-		// Push: grow the head by the header's length and write it.
-		asm.Mov.Reg(asm.R9, asm.R0).WithSymbol("push"),
-		asm.Mov.Imm(asm.R2, 0),
-		asm.LoadMem(asm.R1, asm.R9, vHdrLen, asm.Word),
-		asm.Sub.Reg(asm.R2, asm.R1),
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.FnXdpAdjustHead.Call(),
-		asm.JNE.Imm(asm.R0, 0, "pass"),
-		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, h.data, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, h.dataEnd, asm.Word),
 		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, minMSRFrame),
 		asm.JGT.Reg(asm.R4, asm.R3, "aborted"), // cannot be: the inner frame is long enough
@@ -381,12 +435,32 @@ func program(mapFD int) asm.Instructions {
 		asm.Mov.Imm(asm.R2, 0),
 		asm.FnRedirect.Call(),
 		asm.Return(),
-		asm.Mov.Imm(asm.R0, xdpPass).WithSymbol("pass"),
+		asm.Mov.Imm(asm.R0, h.pass).WithSymbol("pass"),
 		asm.Return(),
-		asm.Mov.Imm(asm.R0, 0).WithSymbol("aborted"), // XDP_ABORTED
+		asm.Mov.Imm(asm.R0, h.aborted).WithSymbol("aborted"),
 		asm.Return(),
 	)
 }
+
+// hook is where the program runs: the context's fields it reads and the
+// verdicts it returns differ between XDP and tc.
+type hook struct {
+	tc                     bool
+	data, dataEnd, ifindex int16
+	pass, aborted          int32
+}
+
+var (
+	xdpHook = hook{data: 0, dataEnd: 4, ifindex: 12, pass: xdpPass, aborted: 0} // xdp_md; XDP_ABORTED
+	// At tc egress __sk_buff.ifindex is the transmitting device: the feed.
+	tcHook = hook{tc: true, data: 76, dataEnd: 80, ifindex: 40, pass: 0, aborted: 2} // TC_ACT_OK, TC_ACT_SHOT
+)
+
+// __sk_buff fields.
+const (
+	skbLen     = 0
+	skbGSOSize = 176
+)
 
 // mismatch jumps to "pass" unless the size bytes at pkt+pktOff equal those
 // at val+valOff. It uses R3 and R4.
@@ -532,11 +606,16 @@ func (f *FastPath) OffloadReturn(in, out string, frame []byte, strip bool, maxLe
 
 // add completes val and puts it in the map under frame's key on port in.
 func (f *FastPath) add(in, out string, frame []byte, kind uint32, cookie uint64, val *[valueLen]byte) (Entry, bool, error) {
-	inIdx, err := f.ingress(in)
+	inIdx, tc, err := f.ingress(in)
 	if err != nil {
 		return Entry{}, false, err
 	}
-	outIdx, err := f.egress(out)
+	if tc && kind == kindStrip {
+		return Entry{}, false, nil // the tc variant does not strip
+	}
+	// An skb redirected at tc ingress can leave by any device; an XDP
+	// frame needs one that takes XDP frames.
+	outIdx, err := f.egress(out, !tc)
 	if err != nil {
 		return Entry{}, false, err
 	}
@@ -620,40 +699,60 @@ func (f *FastPath) Len() (int, error) {
 // first offload. Frames that can only arrive through a veth's XDP receive
 // path (XDP_TX from the peer) need that.
 func (f *FastPath) Attach(name string) error {
-	_, err := f.ingress(name)
+	_, _, err := f.ingress(name)
 	return err
 }
 
 // ingress attaches the program to the named port once, in native mode:
-// generic XDP would run after the skb is built and gain nothing.
-func (f *FastPath) ingress(name string) (int, error) {
+// generic XDP would run after the skb is built and gain nothing. Where
+// native XDP is refused and the port is fed by another link (Config.Feeds),
+// the tc variant goes on that link's egress instead. It returns the
+// ifindex of the port's keys, and whether the port has the tc variant.
+func (f *FastPath) ingress(name string) (keyIfindex int, tc bool, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	p, err := f.portLocked(name)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	if p.in == nil && p.inErr == nil {
+		p.key = p.ifindex
 		err := f.cfg.Do(func() error {
 			l, err := link.AttachXDP(link.XDPOptions{Program: f.prog, Interface: p.ifindex, Flags: link.XDPDriverMode})
 			p.in = l
 			return err
 		})
+		if feed := f.cfg.Feeds[name]; err != nil && feed != "" && f.progTC != nil {
+			var fp *port
+			if fp, err = f.portLocked(feed); err == nil {
+				err = f.cfg.Do(func() error {
+					l, err := link.AttachTCX(link.TCXOptions{Program: f.progTC, Interface: fp.ifindex, Attach: ebpf.AttachTCXEgress})
+					p.in = l
+					return err
+				})
+			}
+			if err == nil {
+				p.tc, p.key = true, fp.ifindex
+			}
+		}
 		if err != nil {
 			p.inErr = fmt.Errorf("%w %s: %w", ErrIngress, name, err)
 		}
 	}
-	return p.ifindex, p.inErr
+	return p.key, p.tc, p.inErr
 }
 
 // egress checks that the named port can transmit redirected frames, at
 // most once a second per port.
-func (f *FastPath) egress(name string) (int, error) {
+func (f *FastPath) egress(name string, xdp bool) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	p, err := f.portLocked(name)
 	if err != nil {
 		return 0, err
+	}
+	if !xdp {
+		return p.ifindex, nil
 	}
 	if now := time.Now(); now.Sub(p.checked) >= egressRecheck {
 		p.checked = now
@@ -791,6 +890,9 @@ func (f *FastPath) Close() error {
 			errs = append(errs, p.in.Close())
 		}
 		delete(f.ports, name)
+	}
+	if f.progTC != nil {
+		errs = append(errs, f.progTC.Close())
 	}
 	return errors.Join(append(errs, f.prog.Close(), f.flows.Close(), f.barrier.Close(), f.barrierInner.Close())...)
 }
