@@ -21,8 +21,10 @@
 // headers built once per decision, and delivers them byte for byte; it
 // fails closed, reports drop notices and return timeouts as Events, and
 // counts every drop by reason. Given a FastPath (the agent wires an XDP
-// one), it offloads the established flows that take no chain to the
-// kernel and keeps the kernel's entries in step with its flow table.
+// one), it offloads established flows to the kernel: those that take no
+// chain and, with a ChainFastPath, those whose chain is all header
+// appliances (push, switch, strip); it keeps the kernel's entries in step
+// with its flow table and feeds their counters into its own.
 // docs/distribution-manager.md describes it.
 //
 // It imports nothing else of vsagent's. The codec and flow table are hot
