@@ -12,6 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+
 	"github.com/vsagent/vsagent/internal/netnstest"
 	"github.com/vsagent/vsagent/internal/vsafiltertest"
 	"github.com/vsagent/vsagent/internal/xdpfast"
@@ -289,5 +293,93 @@ func newChainLab(t *testing.T, ctx context.Context, bin string) *chainLab {
 		ips: labAppliance{vsafiltertest.Start(t, ctx, ipsNS, bin, "ips", "eth0",
 			"[output]\nstats_interval = \"0s\"\n[[rule]]\nname = \"deny-discard\"\naction = \"deny\"\nproto = \"udp\"\ndport = 9\n"), ipsNS},
 		fw: labAppliance{vsafiltertest.Start(t, ctx, fwNS, bin, "fw", "eth0", "[output]\nstats_interval = \"0s\"\n"), fwNS},
+	}
+}
+
+// TestDMFastPathOnInterceptLinkInNamespaces: guest a's frames reach the DM
+// as on a tc-redirect host, redirected from its tap's ingress out of one
+// end of a jumbo-MTU veth pair into the other, the engine's intercept port,
+// where native XDP is refused. The fast path's tc variant on the feeding
+// end carries the flow after its first frame: every frame reaches b once,
+// byte for byte, and the kernel counted all but the first.
+func TestDMFastPathOnInterceptLinkInNamespaces(t *testing.T) {
+	netnstest.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dmNS, aNS, bNS := netnstest.New(t), netnstest.New(t), netnstest.New(t)
+	for _, ns := range []*netnstest.NS{dmNS, aNS, bNS} {
+		ns.QuietIPv6(t)
+	}
+	macA, macB := gMAC(0xa1), gMAC(0xb1)
+	netnstest.Veth(t, netnstest.End{NS: aNS, Name: "eth0", MAC: net.HardwareAddr(macA[:])}, netnstest.End{NS: dmNS, Name: "ta", MTU: 1500})
+	netnstest.Veth(t, netnstest.End{NS: bNS, Name: "eth0", MAC: net.HardwareAddr(macB[:])}, netnstest.End{NS: dmNS, Name: "gb", MTU: 1500})
+	netnstest.Veth(t, netnstest.End{NS: dmNS, Name: "feed", MTU: 9000}, netnstest.End{NS: dmNS, Name: "in", MTU: 9000})
+	redirectIngress(t, dmNS, "ta", "feed")
+
+	fp, err := xdpfast.New(xdpfast.Config{Do: dmNS.Do, MaxEntries: 64, Feeds: map[string]string{"in": "feed"}})
+	if err != nil {
+		t.Skipf("no fast path on this kernel: %v", err)
+	}
+	t.Cleanup(func() { fp.Close() })
+	e := newNetnsEngine(t, dmNS, false, Config{InterceptPort: "in", FastPath: fp,
+		Logger: slog.New(slog.NewTextHandler(tLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err := e.Update(ctx, Snapshot{Guests: []GuestRule{
+		{Name: "a", Ready: true, Policy: dmPolicy("open"), Interfaces: []GuestInterface{{MAC: macA, Port: "ta"}}},
+		{Name: "b", Ready: true, Interfaces: []GuestInterface{{MAC: macB, Port: "gb", Dedicated: true}}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	runEngine(t, ctx, e)
+	g := openRawGuests(t, ctx, aNS, bNS, macA)
+	const n = 30
+	for i := range n {
+		want := dmUDPFrame(macA, macB, "10.9.0.1", "10.9.0.2", 40000, 5000, fmt.Sprintf("datagram %02d", i))
+		g.send(want)
+		if got := g.receive(10 * time.Second); !bytes.Equal(got, want) {
+			t.Fatalf("frame %d arrived as %x, want %x", i, got, want)
+		}
+	}
+	if got := g.receive(300 * time.Millisecond); got != nil {
+		t.Fatalf("a frame arrived twice: %x", got)
+	}
+	for deadline := time.Now().Add(10 * time.Second); e.FastPathStats().Frames != n-1; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the kernel carried %+v, want %d frames", e.FastPathStats(), n-1)
+		}
+	}
+}
+
+// redirectIngress makes every frame arriving on from leave by to, as the
+// tc-redirect intercept backend does with a diverted guest's tap.
+func redirectIngress(t *testing.T, ns *netnstest.NS, from, to string) {
+	t.Helper()
+	err := ns.Do(func() error {
+		src, err := net.InterfaceByName(from)
+		if err != nil {
+			return err
+		}
+		dst, err := net.InterfaceByName(to)
+		if err != nil {
+			return err
+		}
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R1, int32(dst.Index)),
+			asm.Mov.Imm(asm.R2, 0),
+			asm.FnRedirect.Call(),
+			asm.Return(),
+		}})
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { prog.Close() })
+		l, err := link.AttachTCX(link.TCXOptions{Program: prog, Interface: src.Index, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { l.Close() })
+		return nil
+	})
+	if err != nil {
+		t.Skipf("cannot redirect with tcx here: %v", err)
 	}
 }
