@@ -502,39 +502,36 @@ func TestInterceptLinkTakesTheTCProgram(t *testing.T) {
 	// A frame of another flow, which the DM's end must still see.
 	other := edited(c.inner, func(b []byte) { b[l4Off+1]++ })
 
-	direct, ok, err := f.Offload("in", "gb", c.inner, 1)
-	if !ok || err != nil {
-		t.Fatalf("offload on the intercept port: ok %v, err %v", ok, err)
+	if _, tc, err := f.ingress("in"); err != nil || !tc {
+		t.Fatalf("the intercept port did not get the tc variant: %v", err)
 	}
-	if !f.ports["in"].tc {
-		t.Fatal("the intercept port did not get the tc variant")
-	}
-	sendFrame(c.inner)
-	if got := receiveFrom(t, atB, innerSrc); !bytes.Equal(got, c.inner) {
-		t.Fatalf("at b: %x, want %x", got, c.inner)
-	}
-	sendFrame(other)
-	if got := receiveFrom(t, atDM, innerSrc); !bytes.Equal(got, other) {
-		t.Fatalf("first frame at the DM's end: %x, want only the other flow's %x", got, other)
-	}
-	if packets, _, err := f.Remove(direct); err != nil || packets != 1 {
-		t.Fatalf("direct entry counted %d frames (err %v), want 1", packets, err)
-	}
-
-	push, ok, err := f.OffloadPush("in", "ap", c.inner, c.toVSA1[:c.hdrLen], 1600+ethLen-c.hdrLen, 2)
-	if !ok || err != nil {
-		t.Fatalf("push offload on the intercept port: ok %v, err %v", ok, err)
-	}
-	sendFrame(c.inner)
-	if got := receiveFrom(t, atAppl, c.toVSA1[6:12]); !bytes.Equal(got, c.toVSA1) {
-		t.Fatalf("at the appliance: %x, want %x", got, c.toVSA1)
-	}
-	sendFrame(other)
-	if got := receiveFrom(t, atDM, innerSrc); !bytes.Equal(got, other) {
-		t.Fatalf("first frame at the DM's end: %x, want only the other flow's %x", got, other)
-	}
-	if packets, _, err := f.Remove(push); err != nil || packets != 1 {
-		t.Fatalf("push entry counted %d frames (err %v), want 1", packets, err)
+	for _, tc := range []struct {
+		name    string
+		offload func() (Entry, bool, error)
+		at      *packet.Conn
+		from    []byte // the source MAC of the frame as it leaves
+		want    []byte
+	}{
+		{"direct", func() (Entry, bool, error) { return f.Offload("in", "gb", c.inner, 1) }, atB, innerSrc, c.inner},
+		{"push", func() (Entry, bool, error) {
+			return f.OffloadPush("in", "ap", c.inner, c.toVSA1[:c.hdrLen], 1600+ethLen-c.hdrLen, 2)
+		}, atAppl, c.toVSA1[6:12], c.toVSA1},
+	} {
+		entry, ok, err := tc.offload()
+		if !ok || err != nil {
+			t.Fatalf("%s: offload on the intercept port: ok %v, err %v", tc.name, ok, err)
+		}
+		sendFrame(c.inner)
+		if got := receiveFrom(t, tc.at, tc.from); !bytes.Equal(got, tc.want) {
+			t.Fatalf("%s: %x arrived, want %x", tc.name, got, tc.want)
+		}
+		sendFrame(other)
+		if got := receiveFrom(t, atDM, innerSrc); !bytes.Equal(got, other) {
+			t.Fatalf("%s: first frame at the DM's end: %x, want only the other flow's %x", tc.name, got, other)
+		}
+		if packets, _, err := f.Remove(entry); err != nil || packets != 1 {
+			t.Fatalf("%s: entry counted %d frames (err %v), want 1", tc.name, packets, err)
+		}
 	}
 	// The tc variant does not strip: a last-hop entry is refused there.
 	if _, ok, err := f.OffloadReturn("in", "gb", c.toDM, true, 1<<16, 3); ok || err != nil {
