@@ -86,6 +86,11 @@ var (
 //     AF_PACKET ring that parses the MSR header, advances it and sends the
 //     batch back with WriteBatch), so each frame crosses five veth hops and
 //     the DM handles it three times: encapsulate, switch, strip.
+//   - chain-fast: the same chain with the kernel fast path, which pushes,
+//     switches and strips the header in XDP; the appliances' ends of their
+//     links run a pass-everything XDP program for the mode's duration, as
+//     redirects into a veth need. Only the reflectors (Go, AF_PACKET) are
+//     left in userspace, so they bound this mode.
 //
 // CPUs: the generator's thread runs alone on CPU 0; the host end of its
 // link steers its receive work (RPS) to the other CPUs, where the DM's
@@ -94,7 +99,8 @@ var (
 // priorities this takes on a shared machine.
 //
 // Metrics are medians of fwdRounds windows: pps (pass-through),
-// bridge-pps, fast-pps, chain-pps, their ratios to the bridge; offered-pps, the
+// bridge-pps, fast-pps, chain-pps, chain-fast-pps, their ratios to the
+// bridge, and each chain mode's ratio to its pass-through; offered-pps, the
 // lowest generator rate of any window (it must exceed every pps for the
 // figures to measure the forwarder); gen-ns/frame, the generator thread's
 // CPU time per frame sent. ns/op is the whole run's time, meaningless.
@@ -116,21 +122,24 @@ type fwdTopology struct {
 	genIfindex      int
 	cpus            *fwdCPUs
 	reflected       [2]*atomic.Uint64
+	appl            [2]*netnstest.NS // the appliances' namespaces
 	pass            *ebpf.Program
+}
+
+// setApplianceXDP attaches the program fd to both appliances' ends of
+// their links (-1 detaches).
+func (t *fwdTopology) setApplianceXDP(b *testing.B, fd int) {
+	if err := setXDP(t.appl[:], fwdApplLink, fd); err != nil {
+		b.Fatal(err)
+	}
 }
 
 // setSrcPortXDP attaches the program fd to ga (-1 detaches): the pass
 // program, which the generator's XDP_TX frames need, except while the fast
 // path's own program takes its place.
 func (t *fwdTopology) setSrcPortXDP(b *testing.B, fd int) {
-	if err := t.host.Do(func() error {
-		l, err := netlink.LinkByName(fwdSrcPort)
-		if err != nil {
-			return err
-		}
-		return netlink.LinkSetXdpFd(l, fd)
-	}); err != nil {
-		b.Fatalf("XDP program %d on %s: %v", fd, fwdSrcPort, err)
+	if err := setXDP([]*netnstest.NS{t.host}, fwdSrcPort, fd); err != nil {
+		b.Fatal(err)
 	}
 }
 
@@ -182,6 +191,7 @@ func newFwdTopology(b *testing.B) *fwdTopology {
 		netnstest.Veth(b, netnstest.End{NS: ns, Name: fwdApplLink, MAC: net.HardwareAddr(fwdApplMAC[i][:]), MTU: 1600},
 			netnstest.End{NS: t.host, Name: fmt.Sprintf(fwdApplPortFm, i+1), MTU: 1600})
 		t.reflected[i] = startReflector(b, ns, fwdApplMAC[i])
+		t.appl[i] = ns
 	}
 	return t
 }
@@ -410,10 +420,11 @@ func startReflector(b *testing.B, ns *netnstest.NS, self sourceroute.MAC) *atomi
 type fwdMode string
 
 const (
-	modeBridge   fwdMode = "bridge"
-	modePass     fwdMode = "pass-through"
-	modePassFast fwdMode = "pass-fast"
-	modeChain    fwdMode = "chain"
+	modeBridge    fwdMode = "bridge"
+	modePass      fwdMode = "pass-through"
+	modePassFast  fwdMode = "pass-fast"
+	modeChain     fwdMode = "chain"
+	modeChainFast fwdMode = "chain-fast"
 )
 
 // fwdSample is one window: what the sink received, what the generator
@@ -431,7 +442,7 @@ func (t *fwdTopology) bench(b *testing.B, size int) {
 		b.Fatal(err)
 	}
 	defer gen.Close()
-	modes := []fwdMode{modeBridge, modePass, modePassFast, modeChain}
+	modes := []fwdMode{modeBridge, modePass, modePassFast, modeChain, modeChainFast}
 	samples := map[fwdMode][]fwdSample{}
 	b.ResetTimer()
 	for round := range fwdRounds {
@@ -442,7 +453,8 @@ func (t *fwdTopology) bench(b *testing.B, size int) {
 			case modeBridge:
 				s = t.withBridge(b, func() fwdSample { return t.measure(b, gen) })
 			default:
-				s, note = t.withDM(b, m == modeChain, m == modePassFast, func() fwdSample { return t.measure(b, gen) })
+				chain, fast := m == modeChain || m == modeChainFast, m == modePassFast || m == modeChainFast
+				s, note = t.withDM(b, chain, fast, func() fwdSample { return t.measure(b, gen) })
 			}
 			b.Logf("%dB round %d %-12s %7.0f pps  offered %7.0f  arrived at %s %7.0f  generator %3.0f%% of a CPU, %4.0f ns/frame%s",
 				size, round+1, m, s.pps, s.offered, fwdSrcPort, s.arrived, 100*s.genShare, s.genNsPerFrame, note)
@@ -458,10 +470,18 @@ func (t *fwdTopology) bench(b *testing.B, size int) {
 	b.ReportMetric(bridge, "bridge-pps")
 	b.ReportMetric(pps(modeChain), "chain-pps")
 	b.ReportMetric(pps(modePassFast), "fast-pps")
+	b.ReportMetric(pps(modeChainFast), "chain-fast-pps")
 	if bridge > 0 {
 		b.ReportMetric(pps(modePass)/bridge, "pass/bridge")
 		b.ReportMetric(pps(modePassFast)/bridge, "fast/bridge")
 		b.ReportMetric(pps(modeChain)/bridge, "chain/bridge")
+		b.ReportMetric(pps(modeChainFast)/bridge, "chain-fast/bridge")
+	}
+	if p := pps(modePass); p > 0 {
+		b.ReportMetric(pps(modeChain)/p, "chain/pass")
+	}
+	if p := pps(modePassFast); p > 0 {
+		b.ReportMetric(pps(modeChainFast)/p, "chain-fast/fast")
 	}
 	lowest := -1.0
 	for _, ss := range samples {
@@ -641,11 +661,17 @@ func (t *fwdTopology) withDM(b *testing.B, chain, fast bool, run func() fwdSampl
 		if err := fp.Attach(fwdSrcPort); err != nil {
 			b.Fatal(err)
 		}
+		if chain {
+			t.setApplianceXDP(b, t.pass.FD())
+		}
 		defer func() {
 			if err := fp.Close(); err != nil {
 				b.Error(err)
 			}
 			t.setSrcPortXDP(b, t.pass.FD())
+			if chain {
+				t.setApplianceXDP(b, -1)
+			}
 		}()
 		cfg.FastPath = fp
 	}
@@ -692,7 +718,7 @@ func (t *fwdTopology) withDM(b *testing.B, chain, fast bool, run func() fwdSampl
 		note = fmt.Sprintf("  fast-path entries %d, kernel-forwarded %d", st.Entries, st.Frames)
 	}
 	if chain {
-		note = fmt.Sprintf("  reflected %d/%d", t.reflected[0].Load()-reflected0[0], t.reflected[1].Load()-reflected0[1])
+		note += fmt.Sprintf("  reflected %d/%d", t.reflected[0].Load()-reflected0[0], t.reflected[1].Load()-reflected0[1])
 	}
 	for reason, n := range c.Drops {
 		if n > 0 {

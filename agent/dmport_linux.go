@@ -148,9 +148,20 @@ func NewFastPath(cfg *config.Config, netnsPath string, log *slog.Logger) sourcer
 	if !cfg.Dataplane.FastPath {
 		return nil
 	}
+	// The intercept link of hostDMPorts: its jumbo MTU rules native XDP
+	// out on the end the engine reads, so the fast path works on the
+	// other end's egress, where the backend's redirects enter it.
+	var feeds map[string]string
+	switch cfg.Intercept.Backend {
+	case intercept.BackendSwitchdev, intercept.BackendSRIOVVLAN:
+	default:
+		redirectTo, readOn := DMPortNames(cfg.Dataplane.Port)
+		feeds = map[string]string{readOn: redirectTo}
+	}
 	fp, err := xdpfast.New(xdpfast.Config{
 		Do:         func(fn func() error) error { return netnsutil.Do(netnsPath, fn) },
 		MaxEntries: 2 * cfg.Dataplane.MaxFlows,
+		Feeds:      feeds,
 	})
 	if err != nil {
 		log.Warn("no kernel fast path; every frame takes the userspace path", "err", err)

@@ -469,6 +469,7 @@ func (e *Engine) scanTimeouts(now int64) {
 	}
 	mc := e.maintCtr
 	e.mu.Unlock()
+	e.syncFastChains(now)
 	hw := e.slab.highWater()
 	for h := uint32(1); h < hw; h++ {
 		fe := e.slab.at(h)
@@ -483,6 +484,7 @@ func (e *Engine) scanTimeouts(now int64) {
 			}
 			if fe.ret[d].CompareAndSwap(v, v|retAlerted) {
 				e.timedOut(mc, fe, Direction(d), int(v&retProgMask>>retProgShift), now)
+				e.fastTimedOut(h, Direction(d))
 			}
 		}
 	}

@@ -113,34 +113,8 @@ func testDMWithVsafilters(t *testing.T, bin string, fast, guestXDP bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	dmNS, aNS, bNS, ipsNS, fwNS := netnstest.New(t), netnstest.New(t), netnstest.New(t), netnstest.New(t), netnstest.New(t)
-	for _, ns := range []*netnstest.NS{dmNS, aNS, bNS, ipsNS, fwNS} {
-		ns.QuietIPv6(t)
-	}
-	macA, macB := gMAC(0xa1), gMAC(0xb1)
-	// Appliance links carry the guests' MTU plus a header's worth.
-	for _, l := range []struct {
-		ns       *netnstest.NS
-		port     string
-		mac      MAC
-		mtu      int
-		guestEnd bool
-	}{{aNS, "ga", macA, 1500, true}, {bNS, "gb", macB, 1500, true}, {ipsNS, "v1", ipsMAC, 1600, false}, {fwNS, "v2", fwMAC, 1600, false}} {
-		netnstest.Veth(t,
-			netnstest.End{NS: l.ns, Name: "eth0", MAC: net.HardwareAddr(l.mac[:]), MTU: l.mtu},
-			netnstest.End{NS: dmNS, Name: l.port, MTU: l.mtu})
-	}
-	for _, g := range []struct {
-		ns   *netnstest.NS
-		addr string
-	}{{aNS, "10.9.0.1/24"}, {bNS, "10.9.0.2/24"}} {
-		if _, err := g.ns.Exec(ctx, "ip", "addr", "add", g.addr, "dev", "eth0"); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	ips := vsafiltertest.Start(t, ctx, ipsNS, bin, "ips", "eth0", "[output]\nstats_interval = \"0s\"\n[[rule]]\nname = \"deny-discard\"\naction = \"deny\"\nproto = \"udp\"\ndport = 9\n")
-	fw := vsafiltertest.Start(t, ctx, fwNS, bin, "fw", "eth0", "[output]\nstats_interval = \"0s\"\n")
+	lab := newChainLab(t, ctx, bin)
+	dmNS, aNS, bNS, macA, macB, ips, fw := lab.dm, lab.a, lab.b, lab.macA, lab.macB, lab.ips, lab.fw
 
 	if guestXDP {
 		attachPass(t, aNS, "eth0")

@@ -379,6 +379,9 @@ func (w *worker) forward(st *state, src, dst *endpoint, zone uint16, frame []byt
 		}
 		if w.toHop(fe, dir, rt, 0, frame) {
 			fe.sent(dir, now)
+			if w.e.fast != nil && !src.remote && fe.fast[dir].Load() == fastNone {
+				w.offloadChain(fe, v.Handle, dir, src, dst, rt, frame)
+			}
 		}
 		return
 	}

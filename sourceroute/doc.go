@@ -21,9 +21,11 @@
 // headers built once per decision, and delivers them byte for byte; it
 // fails closed, reports drop notices and return timeouts as Events, and
 // counts every drop by reason. Given a FastPath (the agent wires an XDP
-// one), it offloads the established flows that take no chain to the
-// kernel and keeps the kernel's entries in step with its flow table. It
-// also probes every appliance instance (BuildProbe, ParseProbe: a vsagent
+// one), it offloads established flows to the kernel: those that take no
+// chain and, with a ChainFastPath, those whose chain is all header
+// appliances (push, switch, strip); it keeps the kernel's entries in step
+// with its flow table and feeds their counters into its own. It also
+// probes every appliance instance (BuildProbe, ParseProbe: a vsagent
 // convention, docs/source-route.md) and reports one that stops answering.
 // docs/distribution-manager.md describes it.
 //
