@@ -209,7 +209,6 @@ func defaults() *Config {
 			MaxFlows:        1_000_000,
 			Workers:         0,
 			Port:            "vsa-dm0",
-			FastPath:        true,
 			ProbeInterval:   time.Second,
 			ProbeTimeout:    500 * time.Millisecond,
 			ProbeMisses:     3,

@@ -39,7 +39,7 @@ func TestLoadExample(t *testing.T) {
 			StateDir: "/var/lib/vsagent", Socket: "/run/vsagent/vsagent.sock", LogLevel: "info", HookFailure: "closed",
 		},
 		Dataplane: Dataplane{
-			EtherType: 0x88B5, MaxHops: 16, ReturnTimeout: 250 * time.Millisecond, FlowIdleTimeout: time.Minute, FastPath: true,
+			EtherType: 0x88B5, MaxHops: 16, ReturnTimeout: 250 * time.Millisecond, FlowIdleTimeout: time.Minute,
 			MaxFlows: 1_000_000, Workers: 0, Port: "vsa-dm0",
 			ProbeInterval: time.Second, ProbeTimeout: 500 * time.Millisecond, ProbeMisses: 3,
 		},
@@ -53,12 +53,12 @@ func TestLoadExample(t *testing.T) {
 			{
 				Name: "ips", Template: "templates/ips.xml", Kind: KindHeader, VCPUs: 1, MaxVCPUs: 2,
 				MemoryKiB: 256 << 10, MaxMemoryKiB: 512 << 10, MaxInstances: 2, OnFailure: FailureBlock,
-				Position: Position{main, 85},
+				Position: Position{main, 86},
 			},
 			{
 				Name: "fw", Template: "templates/fw.xml", Kind: KindHeader, VCPUs: 1, MaxVCPUs: 1,
 				MemoryKiB: 256 << 10, MaxMemoryKiB: 256 << 10, MaxInstances: 1, OnFailure: FailureBlock,
-				Position: Position{main, 104},
+				Position: Position{main, 105},
 			},
 			{
 				Name: "dlp", Template: "../templates/dlp-wire.xml", Kind: KindWire, VCPUs: 2, MaxVCPUs: 4,
@@ -84,7 +84,7 @@ func TestLoadExample(t *testing.T) {
 						ProtocolNumber: 6, PortRanges: []PortRange{{22, 22}, {6000, 6063}},
 					},
 				},
-				Position: Position{main, 110},
+				Position: Position{main, 111},
 			},
 			{
 				Name: "web", Chain: []string{"fw"}, Symmetric: true, OnTimeout: OnTimeoutAlert, BlockFor: 30 * time.Second,
@@ -142,7 +142,7 @@ func TestDefaults(t *testing.T) {
 		},
 		Dataplane: Dataplane{
 			EtherType: 0x88B5, MaxHops: 16, ReturnTimeout: 250 * time.Millisecond, FlowIdleTimeout: 60 * time.Second,
-			MaxFlows: 1_000_000, Workers: 0, Port: "vsa-dm0", FastPath: true,
+			MaxFlows: 1_000_000, Workers: 0, Port: "vsa-dm0",
 			ProbeInterval: time.Second, ProbeTimeout: 500 * time.Millisecond, ProbeMisses: 3,
 		},
 		Intercept: Intercept{Backend: "tc-redirect"},
