@@ -83,7 +83,7 @@ func (d *daemon) startDataplane(ctx context.Context, cfg *config.Config, hv *hyp
 
 // serveOperators starts the root-only control socket (vsactl) and, when
 // configured, the Prometheus endpoint.
-func (d *daemon) serveOperators(ctx context.Context, cfg *config.Config, ag *agent.Agent, hv *hypervisor.Conn, dp dataplaneOps) error {
+func (d *daemon) serveOperators(ctx context.Context, cfg *config.Config, ag *agent.Agent, hv *hypervisor.Conn, dp dataplaneOps, loads metrics.Loads) error {
 	cpu := agentapi.NewCPUSampler(hv, ag.Appliances, cfg.Scaling.PollInterval, d.log)
 	go cpu.Run(ctx)
 	prov := agentapi.New(agentapi.Sources{Agent: ag, Libvirt: hv, Flows: dp, Utilisation: cpu, Version: version.Version, StartedAt: time.Now()})
@@ -96,7 +96,7 @@ func (d *daemon) serveOperators(ctx context.Context, cfg *config.Config, ag *age
 			d.log.Error("control API stopped", "error", err)
 		}
 	}()
-	d.metrics = metrics.New(metrics.Sources{Agent: ag, Libvirt: hv, Dataplane: dp, Utilisation: cpu, Version: version.Version})
+	d.metrics = metrics.New(metrics.Sources{Agent: ag, Libvirt: hv, Dataplane: dp, Utilisation: cpu, Loads: loads, Version: version.Version})
 	go d.metrics.FollowEvents(ctx, ag)
 	if cfg.Metrics.Listen == "" {
 		return nil
@@ -133,15 +133,15 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config) error {
 	ag = agent.New(hv, cfg, agent.Options{Logger: d.log, Heartbeat: d.heartbeat.Beat, Dataplane: dm})
 	runErr := make(chan error, 1)
 	go func() { runErr <- ag.Run(ctx) }()
+	scaler := agent.NewAutoscaler(ag, agent.AutoscalerOptions{Hypervisor: hv, Drainer: dm, Health: dm})
 	go func() {
-		scaler := agent.NewAutoscaler(ag, agent.AutoscalerOptions{Hypervisor: hv, Drainer: dm, Health: dm})
 		if err := scaler.Run(ctx); err != nil && ctx.Err() == nil {
 			d.log.Error("autoscaler stopped", "error", err)
 		}
 	}()
 	// The control socket and metrics come up before the first resync ends,
 	// so `vsactl status` can say "starting" on a host with many domains.
-	if err := d.serveOperators(ctx, cfg, ag, hv, dataplaneOps{dm.Engine()}); err != nil {
+	if err := d.serveOperators(ctx, cfg, ag, hv, dataplaneOps{dm.Engine()}, scaler); err != nil {
 		return err
 	}
 	if err := d.serveHook(ctx, cfg, ag); err != nil {

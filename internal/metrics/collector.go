@@ -32,6 +32,14 @@ var (
 		"Guests whose policies need the appliance.", []string{"appliance"}, nil)
 	descUtilisation = prometheus.NewDesc("vsagent_appliance_cpu_utilisation_ratio",
 		"CPU use of an appliance instance over the last sampling interval, as a fraction of its vCPUs.", []string{"appliance", "instance"}, nil)
+	descInstanceFlows = prometheus.NewDesc("vsagent_appliance_instance_flows",
+		"Flows the distribution manager has pinned to an instance, at the autoscaler's last poll.", []string{"appliance", "instance"}, nil)
+	descInstancePPS = prometheus.NewDesc("vsagent_appliance_instance_frames_per_second",
+		"Frames per second the distribution manager sent an instance over the autoscaler's last poll interval.", []string{"appliance", "instance"}, nil)
+	descInstanceAwaiting = prometheus.NewDesc("vsagent_appliance_instance_awaiting_return_frames",
+		"Frames sent to an instance and neither returned, noticed nor timed out, at the autoscaler's last poll.", []string{"appliance", "instance"}, nil)
+	descInstanceLatency = prometheus.NewDesc("vsagent_appliance_instance_return_latency_seconds",
+		"Mean round trip of the distribution manager's health probes through an instance over the autoscaler's last poll interval.", []string{"appliance", "instance"}, nil)
 	descDataplaneUp = prometheus.NewDesc("vsagent_dataplane_up",
 		"Whether the distribution manager is running (1) or not (0).", nil, nil)
 	descFrames = prometheus.NewDesc("vsagent_dataplane_frames_total",
@@ -59,6 +67,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descReady, descLibvirtConnected, descLibvirtReconnects, descLibvirtDropped,
 		descGuests, descInstances, descApplianceGuests, descUtilisation,
+		descInstanceFlows, descInstancePPS, descInstanceAwaiting, descInstanceLatency,
 		descDataplaneUp, descFrames, descBytes, descDrops,
 		descFlows, descFlowCapacity, descFlowsCreated, descFlowsRemoved,
 	} {
@@ -92,8 +101,12 @@ func (c *collector) collectAppliances(ch chan<- prometheus.Metric) {
 	type key struct{ appliance, state string }
 	instances := make(map[key]int)
 	guests := make(map[string]int)
+	applianceOf := make(map[string]string) // running instance → appliance
 	for _, a := range c.s.Agent.Appliances() {
 		instances[key{a.Appliance, a.State}]++
+		if a.State == runningState {
+			applianceOf[a.Name] = a.Appliance
+		}
 		// Every instance of an appliance reports the same number of guests.
 		guests[a.Appliance] = a.Guests
 		if c.s.Utilisation == nil || a.State != runningState {
@@ -108,6 +121,19 @@ func (c *collector) collectAppliances(ch chan<- prometheus.Metric) {
 	}
 	for app, n := range guests {
 		gauge(ch, descApplianceGuests, float64(n), app)
+	}
+	if c.s.Loads == nil {
+		return
+	}
+	for _, in := range c.s.Loads.Loads() {
+		app, ok := applianceOf[in.Name]
+		if !ok {
+			continue // gone or stopped since the poll
+		}
+		gauge(ch, descInstanceFlows, float64(in.Flows), app, in.Name)
+		gauge(ch, descInstancePPS, in.PPS, app, in.Name)
+		gauge(ch, descInstanceAwaiting, float64(in.AwaitingReturn), app, in.Name)
+		gauge(ch, descInstanceLatency, in.ReturnLatency.Seconds(), app, in.Name)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/vsagent/vsagent/agent"
+	"github.com/vsagent/vsagent/appliance"
 )
 
 // Agent is what the metrics read from the control loop; *agent.Agent
@@ -71,13 +72,20 @@ type FlowRemoval struct {
 	Flows  uint64
 }
 
+// Loads reports the figures of the autoscaler's last poll, per running
+// instance: the distribution manager's load on it besides its CPU.
+type Loads interface {
+	Loads() []appliance.InstanceSample
+}
+
 // Sources is everything the metrics read. Agent and Libvirt are required;
-// Dataplane and Utilisation may be nil until they exist.
+// Dataplane, Utilisation and Loads may be nil until they exist.
 type Sources struct {
 	Agent       Agent
 	Libvirt     Libvirt
 	Dataplane   Dataplane
 	Utilisation Utilisation
+	Loads       Loads
 	Version     string
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/vsagent/vsagent/agent"
+	"github.com/vsagent/vsagent/appliance"
 	"github.com/vsagent/vsagent/hypervisor"
 	"github.com/vsagent/vsagent/internal/metrics"
 )
@@ -205,7 +206,11 @@ func TestScrape(t *testing.T) {
 		FlowsRemoved: []metrics.FlowRemoval{{Reason: "expired", Flows: 7}, {Reason: "evicted", Flows: 1}},
 	}}
 	m := metrics.New(metrics.Sources{Agent: a, Libvirt: fakeLibvirt{connected: true}, Dataplane: dp,
-		Utilisation: fakeUtilisation{"u-fw-1": 0.5, "u-ips-1": 0.9}, Version: "1.2.3"})
+		Utilisation: fakeUtilisation{"u-fw-1": 0.5, "u-ips-1": 0.9}, Version: "1.2.3",
+		Loads: fakeLoads{
+			{Name: "vsa-fw-1", InstanceLoad: appliance.InstanceLoad{Flows: 12, PPS: 250.5, AwaitingReturn: 3, ReturnLatency: 1500 * time.Microsecond}},
+			{Name: "vsa-ips-1", InstanceLoad: appliance.InstanceLoad{Flows: 4}}, // shut off since the poll
+		}})
 	m.RecordConfigReload(nil)
 	m.RecordConfigReload(errors.New("bad file"))
 	mfs, body := scrape(t, serve(t, m))
@@ -226,8 +231,12 @@ func TestScrape(t *testing.T) {
 		"vsagent_appliance_guests": {"vsagent_appliance_guests{appliance=fw} 3", "vsagent_appliance_guests{appliance=ips} 2"},
 		// vsa-fw-2 has no sample yet; vsa-ips-1 is not running, so its
 		// stale figure is not reported.
-		"vsagent_appliance_cpu_utilisation_ratio": {"vsagent_appliance_cpu_utilisation_ratio{appliance=fw,instance=vsa-fw-1} 0.5"},
-		"vsagent_dataplane_up":                    {"vsagent_dataplane_up{} 1"},
+		"vsagent_appliance_cpu_utilisation_ratio":           {"vsagent_appliance_cpu_utilisation_ratio{appliance=fw,instance=vsa-fw-1} 0.5"},
+		"vsagent_dataplane_up":                              {"vsagent_dataplane_up{} 1"},
+		"vsagent_appliance_instance_flows":                  {"vsagent_appliance_instance_flows{appliance=fw,instance=vsa-fw-1} 12"},
+		"vsagent_appliance_instance_frames_per_second":      {"vsagent_appliance_instance_frames_per_second{appliance=fw,instance=vsa-fw-1} 250.5"},
+		"vsagent_appliance_instance_awaiting_return_frames": {"vsagent_appliance_instance_awaiting_return_frames{appliance=fw,instance=vsa-fw-1} 3"},
+		"vsagent_appliance_instance_return_latency_seconds": {"vsagent_appliance_instance_return_latency_seconds{appliance=fw,instance=vsa-fw-1} 0.0015"},
 		"vsagent_dataplane_frames_total": {
 			"vsagent_dataplane_frames_total{appliance=fw,guest=web-1,verdict=forward} 15",
 			"vsagent_dataplane_frames_total{appliance=ips,guest=db-1,verdict=drop} 1",
@@ -409,3 +418,7 @@ func TestListenRequiresAnAddress(t *testing.T) {
 		t.Error("Listen on a taken port succeeded")
 	}
 }
+
+type fakeLoads []appliance.InstanceSample
+
+func (f fakeLoads) Loads() []appliance.InstanceSample { return f }
