@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -294,6 +295,7 @@ func migrateStream(t *testing.T, ctx context.Context, kind string, uuid, filterB
 	t.Helper()
 	before := streamHigh(from, to)
 	held := countEventsFor(to.ag, EventHookHeld, "web-1")
+	dropsBefore := maps.Clone(to.dm.Engine().Counters().Drops)
 	cmd := exec.CommandContext(ctx, "virsh", migrateArgs(t, kind, from, to)...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -333,7 +335,9 @@ func migrateStream(t *testing.T, ctx context.Context, kind string, uuid, filterB
 	waitFor(t, ctx, "web-1 running on the destination (never left paused)", func() bool {
 		st, err := to.conn.Lookup(ctx, uuid)
 		if err == nil && st.State == hypervisor.StateShutoff {
-			t.Fatalf("host %s: web-1 stopped after the %s migration", to.name, kind)
+			// QEMU's log says why: a guest reset or shutdown, or a signal.
+			qlog, _ := os.ReadFile(filepath.Join(to.lab.Dir, "log", "qemu", "web-1.log"))
+			t.Fatalf("host %s: web-1 stopped after the %s migration; its QEMU log ends:\n%s", to.name, kind, qlog[max(0, len(qlog)-1500):])
 		}
 		return err == nil && st.State == hypervisor.StateRunning
 	})
@@ -361,14 +365,20 @@ func migrateStream(t *testing.T, ctx context.Context, kind string, uuid, filterB
 	r.libvirtDowntime = "unknown"
 	for _, line := range strings.Split(string(job), "\n") {
 		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "Total downtime" {
-			r.libvirtDowntime = strings.TrimSpace(v)
+			r.libvirtDowntime = strings.Join(strings.Fields(v), " ")
 		}
 	}
 	if err != nil {
 		t.Logf("domjobinfo --completed on %s: %v: %s", to.name, err, job)
 	}
-	t.Logf("%s %s: frames sent %d (seq %d..%d), lost %d, largest gap at the peers %v, libvirt downtime %s",
-		r.kind, r.direction, r.sent, before, after, r.lost, r.gap.Round(time.Millisecond), r.libvirtDowntime)
+	drops := make(map[string]uint64)
+	for reason, n := range to.dm.Engine().Counters().Drops {
+		if d := n - dropsBefore[reason]; d > 0 {
+			drops[reason] = d
+		}
+	}
+	t.Logf("%s %s: frames sent %d (seq %d..%d), lost %d, largest gap at the peers %v, libvirt downtime %s; the destination's DM dropped %v",
+		r.kind, r.direction, r.sent, before, after, r.lost, r.gap.Round(time.Millisecond), r.libvirtDowntime, drops)
 	from.checkThroughChain(t, ctx)
 	to.checkThroughChain(t, ctx)
 	return r
