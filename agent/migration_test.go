@@ -16,8 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mdlayher/packet"
-
 	"github.com/vsagent/vsagent/hypervisor"
 	"github.com/vsagent/vsagent/internal/netnstest"
 	"github.com/vsagent/vsagent/internal/vsafiltertest"
@@ -104,36 +102,11 @@ func forwardedEchoSeq(self net.HardwareAddr) func([]byte) (uint16, bool) {
 // recordSeqs logs, from an AF_PACKET socket on iface in ns, the sequence
 // number of every frame seq recognises, until the test ends.
 func recordSeqs(t *testing.T, ns *netnstest.NS, iface string, seq func([]byte) (uint16, bool)) *seqLog {
-	var conn *packet.Conn
-	if err := ns.Do(func() error {
-		ifi, err := net.InterfaceByName(iface)
-		if err != nil {
-			return err
-		}
-		conn, err = packet.Listen(ifi, packet.Raw, 0x0003, nil)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
 	l := &seqLog{first: make(map[uint16]time.Time), max: -1}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		buf := make([]byte, 65536)
-		for {
-			n, _, err := conn.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if s, ok := seq(buf[:n]); ok {
-				l.add(s, time.Now())
-			}
+	readFrames(t, ns, iface, func(f []byte) {
+		if s, ok := seq(f); ok {
+			l.add(s, time.Now())
 		}
-	}()
-	t.Cleanup(func() {
-		conn.Close()
-		wg.Wait()
 	})
 	return l
 }
@@ -293,6 +266,10 @@ type migrationResult struct {
 // streaming) and the source (guest, flows and appliances gone).
 func migrateStream(t *testing.T, ctx context.Context, kind string, uuid, filterBin string, from, to *streamHost) migrationResult {
 	t.Helper()
+	// A guest that stops streaming (see docs/hooks.md) fails this
+	// migration, not the whole test's budget.
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
 	before := streamHigh(from, to)
 	held := countEventsFor(to.ag, EventHookHeld, "web-1")
 	dropsBefore := maps.Clone(to.dm.Engine().Counters().Drops)
@@ -416,6 +393,12 @@ func TestHookMigrationStream(t *testing.T) {
 			name:     name, addr: fmt.Sprintf("10.99.0.%d", i+1), forwarded: make(map[string]*seqLog),
 		}
 		close(h.hv.release)
+		// The peer stays silent: under TCG on this lab, a guest receiving
+		// frames around a live migration sometimes dies of memory corruption
+		// (docs/hooks.md), which has nothing to do with what this test checks.
+		if err := h.peer.Sysctl("net.ipv4.icmp_echo_ignore_all", "1"); err != nil {
+			t.Fatal(err)
+		}
 		h.stream = recordSeqs(t, h.peer, "eth0", func(f []byte) (uint16, bool) { return echoRequestSeq(f, guestMAC) })
 		hosts = append(hosts, h)
 	}
