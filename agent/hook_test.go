@@ -102,6 +102,30 @@ func (c *frameCounter) String() string {
 }
 
 func countFrames(t *testing.T, ns *netnstest.NS, iface string, from net.HardwareAddr, denyPort uint16) *frameCounter {
+	c := &frameCounter{}
+	readFrames(t, ns, iface, func(f []byte) {
+		n := len(f)
+		if n < 14 || !bytes.Equal(f[6:12], from) {
+			return
+		}
+		switch {
+		case f[0]&1 == 1:
+			c.flooded.Add(1)
+		case n >= 34+4 && binary.BigEndian.Uint16(f[12:]) == 0x0800 && f[23] == 6 &&
+			binary.BigEndian.Uint16(f[14+int(f[14]&0xf)*4+2:]) == denyPort:
+			c.denied.Add(1)
+		case n >= 35 && binary.BigEndian.Uint16(f[12:]) == 0x0800 && f[23] == 1 && f[14+int(f[14]&0xf)*4] == 8:
+			c.echo.Add(1)
+		default:
+			c.other.Add(1)
+		}
+	})
+	return c
+}
+
+// readFrames hands every frame seen on iface in ns, both directions, to
+// each, from one goroutine, until the test ends.
+func readFrames(t *testing.T, ns *netnstest.NS, iface string, each func(frame []byte)) {
 	var conn *packet.Conn
 	if err := ns.Do(func() error {
 		ifi, err := net.InterfaceByName(iface)
@@ -113,7 +137,6 @@ func countFrames(t *testing.T, ns *netnstest.NS, iface string, from net.Hardware
 	}); err != nil {
 		t.Fatal(err)
 	}
-	c := &frameCounter{}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -124,28 +147,13 @@ func countFrames(t *testing.T, ns *netnstest.NS, iface string, from net.Hardware
 			if err != nil {
 				return
 			}
-			f := buf[:n]
-			if n < 14 || !bytes.Equal(f[6:12], from) {
-				continue
-			}
-			switch {
-			case f[0]&1 == 1:
-				c.flooded.Add(1)
-			case n >= 34+4 && binary.BigEndian.Uint16(f[12:]) == 0x0800 && f[23] == 6 &&
-				binary.BigEndian.Uint16(f[14+int(f[14]&0xf)*4+2:]) == denyPort:
-				c.denied.Add(1)
-			case n >= 35 && binary.BigEndian.Uint16(f[12:]) == 0x0800 && f[23] == 1 && f[14+int(f[14]&0xf)*4] == 8:
-				c.echo.Add(1)
-			default:
-				c.other.Add(1)
-			}
+			each(buf[:n])
 		}
 	}()
 	t.Cleanup(func() {
 		conn.Close()
 		wg.Wait()
 	})
-	return c
 }
 
 // hostIP runs ip(8) in the test's own namespaces.
