@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -101,6 +102,30 @@ func (c *frameCounter) String() string {
 }
 
 func countFrames(t *testing.T, ns *netnstest.NS, iface string, from net.HardwareAddr, denyPort uint16) *frameCounter {
+	c := &frameCounter{}
+	readFrames(t, ns, iface, func(f []byte) {
+		n := len(f)
+		if n < 14 || !bytes.Equal(f[6:12], from) {
+			return
+		}
+		switch {
+		case f[0]&1 == 1:
+			c.flooded.Add(1)
+		case n >= 34+4 && binary.BigEndian.Uint16(f[12:]) == 0x0800 && f[23] == 6 &&
+			binary.BigEndian.Uint16(f[14+int(f[14]&0xf)*4+2:]) == denyPort:
+			c.denied.Add(1)
+		case n >= 35 && binary.BigEndian.Uint16(f[12:]) == 0x0800 && f[23] == 1 && f[14+int(f[14]&0xf)*4] == 8:
+			c.echo.Add(1)
+		default:
+			c.other.Add(1)
+		}
+	})
+	return c
+}
+
+// readFrames hands every frame seen on iface in ns, both directions, to
+// each, from one goroutine, until the test ends.
+func readFrames(t *testing.T, ns *netnstest.NS, iface string, each func(frame []byte)) {
 	var conn *packet.Conn
 	if err := ns.Do(func() error {
 		ifi, err := net.InterfaceByName(iface)
@@ -112,7 +137,6 @@ func countFrames(t *testing.T, ns *netnstest.NS, iface string, from net.Hardware
 	}); err != nil {
 		t.Fatal(err)
 	}
-	c := &frameCounter{}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -123,28 +147,13 @@ func countFrames(t *testing.T, ns *netnstest.NS, iface string, from net.Hardware
 			if err != nil {
 				return
 			}
-			f := buf[:n]
-			if n < 14 || !bytes.Equal(f[6:12], from) {
-				continue
-			}
-			switch {
-			case f[0]&1 == 1:
-				c.flooded.Add(1)
-			case n >= 34+4 && binary.BigEndian.Uint16(f[12:]) == 0x0800 && f[23] == 6 &&
-				binary.BigEndian.Uint16(f[14+int(f[14]&0xf)*4+2:]) == denyPort:
-				c.denied.Add(1)
-			case n >= 35 && binary.BigEndian.Uint16(f[12:]) == 0x0800 && f[23] == 1 && f[14+int(f[14]&0xf)*4] == 8:
-				c.echo.Add(1)
-			default:
-				c.other.Add(1)
-			}
+			each(buf[:n])
 		}
 	}()
 	t.Cleanup(func() {
 		conn.Close()
 		wg.Wait()
 	})
-	return c
 }
 
 // hostIP runs ip(8) in the test's own namespaces.
@@ -196,9 +205,35 @@ type hookHost struct {
 	hv     *withheldEvents
 	ag     *Agent
 	dm     *DistributionManager
+	peer   *netnstest.NS
 	atPeer *frameCounter
-	fwNS   *netnstest.NS
-	dir    string
+	// apps are the namespaces where vsafilter plays each appliance of the
+	// chain, by appliance name.
+	apps map[string]*hookAppliance
+	dir  string
+	// stopAgent stops the agent, its DM and its hook socket, as a crashed
+	// or stopped vsagent would; libvirtd and its guests keep running.
+	stopAgent func()
+}
+
+// hookAppliance is where one appliance's dataplane runs: its link in the
+// host's namespace, the namespace at the other end, and the filter once
+// started.
+type hookAppliance struct {
+	ns     *netnstest.NS
+	link   string
+	filter *vsafiltertest.Run
+	mac    string
+}
+
+// hookHostOptions shape a host; the zero value is the one-appliance host
+// of the start-window tests.
+type hookHostOptions struct {
+	// chain is policy web's chain, one appliance per name (default "fw").
+	chain []string
+	// listenTCP lets another host's libvirtd reach this one (peer-to-peer
+	// migration).
+	listenTCP bool
 }
 
 var (
@@ -224,32 +259,48 @@ func buildHook(t *testing.T, ctx context.Context) string {
 // newHookHost starts a host; hookBin "" leaves libvirtd without the hook.
 // The agent sees libvirt's events only once h.hv.release is closed.
 func newHookHost(t *testing.T, ctx context.Context, hookBin string) *hookHost {
-	h := &hookHost{dir: t.TempDir()}
+	return newHookHostWith(t, ctx, hookBin, hookHostOptions{})
+}
+
+func newHookHostWith(t *testing.T, ctx context.Context, hookBin string, opts hookHostOptions) *hookHost {
+	if len(opts.chain) == 0 {
+		opts.chain = []string{"fw"}
+	}
+	h := &hookHost{dir: t.TempDir(), apps: make(map[string]*hookAppliance)}
 	cfgPath := filepath.Join(h.dir, "vsagent.toml")
 	var hooks map[string]string
 	if hookBin != "" {
 		hooks = map[string]string{"qemu": "#!/bin/sh\nVSAGENT_CONFIG=" + cfgPath + " exec " + hookBin + " \"$@\"\n"}
 	}
-	h.lab = libvirtlab.NewWith(t, libvirtlab.Options{Hooks: hooks})
+	h.lab = libvirtlab.NewWith(t, libvirtlab.Options{Hooks: hooks, ListenTCP: opts.listenTCP})
 	labPath := filepath.Join("/var/run/netns", h.lab.NetNS)
 	writeLabTemplate(ctx, t, h.dir, nil)
 
 	if _, err := h.lab.Exec(ctx, "sh", "-c", "ip link add br0 type bridge && ip link set br0 up"); err != nil {
 		t.Fatal(err)
 	}
-	peer := netnstest.New(t)
-	h.fwNS = netnstest.New(t)
-	peer.QuietIPv6(t)
-	h.fwNS.QuietIPv6(t)
-	peerLink, fwLink := netnstest.UniqueName("p"), netnstest.UniqueName("a")
-	hostIP(t, "-n", h.lab.NetNS, "link", "add", peerLink, "type", "veth", "peer", "name", "eth0", "address", peerMAC.String(), "netns", peer.Name())
+	h.peer = netnstest.New(t)
+	h.peer.QuietIPv6(t)
+	peerLink := netnstest.UniqueName("p")
+	hostIP(t, "-n", h.lab.NetNS, "link", "add", peerLink, "type", "veth", "peer", "name", "eth0", "address", peerMAC.String(), "netns", h.peer.Name())
 	hostIP(t, "-n", h.lab.NetNS, "link", "set", peerLink, "master", "br0", "up")
-	hostIP(t, "-n", peer.Name(), "addr", "add", "10.77.0.9/24", "dev", "eth0")
-	hostIP(t, "-n", peer.Name(), "link", "set", "eth0", "up")
-	hostIP(t, "-n", h.lab.NetNS, "link", "add", fwLink, "mtu", "1600", "type", "veth", "peer", "name", "eth0", "mtu", "1600", "netns", h.fwNS.Name())
-	hostIP(t, "-n", h.lab.NetNS, "link", "set", fwLink, "up")
-	hostIP(t, "-n", h.fwNS.Name(), "link", "set", "eth0", "up")
-	h.atPeer = countFrames(t, peer, "eth0", guestMAC, denyPort)
+	hostIP(t, "-n", h.peer.Name(), "addr", "add", "10.77.0.9/24", "dev", "eth0")
+	hostIP(t, "-n", h.peer.Name(), "link", "set", "eth0", "up")
+	var appliances strings.Builder
+	for _, name := range opts.chain {
+		app := &hookAppliance{ns: netnstest.New(t), link: netnstest.UniqueName("a")}
+		app.ns.QuietIPv6(t)
+		hostIP(t, "-n", h.lab.NetNS, "link", "add", app.link, "mtu", "1600", "type", "veth", "peer", "name", "eth0", "mtu", "1600", "netns", app.ns.Name())
+		hostIP(t, "-n", h.lab.NetNS, "link", "set", app.link, "up")
+		hostIP(t, "-n", app.ns.Name(), "link", "set", "eth0", "up")
+		h.apps[name] = app
+		fmt.Fprintf(&appliances, "\n[[appliance]]\nname = %q\ntemplate = \"appliance.xml\"\nmemory = \"128MiB\"\n", name)
+	}
+	h.atPeer = countFrames(t, h.peer, "eth0", guestMAC, denyPort)
+	chain, err := json.Marshal(opts.chain)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	cfgText := fmt.Sprintf(`
 [agent]
@@ -261,18 +312,13 @@ uplink = %q
 
 [dataplane]
 return_timeout = "300ms"
-
-[[appliance]]
-name = "fw"
-template = "appliance.xml"
-memory = "128MiB"
-
+%s
 [[policy]]
 name = "web"
-chain = ["fw"]
+chain = %s
 [policy.match]
 domains = ["web-*"]
-`, filepath.Join(h.dir, "vsagent.sock"), peerLink)
+`, filepath.Join(h.dir, "vsagent.sock"), peerLink, appliances.String(), chain)
 	if err := os.WriteFile(cfgPath, []byte(cfgText), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -288,10 +334,11 @@ domains = ["web-*"]
 	t.Cleanup(func() { h.conn.Close() })
 	runCtx, stopRun := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	t.Cleanup(func() {
+	h.stopAgent = func() {
 		stopRun()
 		wg.Wait()
-	})
+	}
+	t.Cleanup(h.stopAgent)
 	h.hv = withholdEvents(runCtx, h.conn)
 
 	redirectTo, readOn, err := EnsureDMPort(labPath, "vsa-dm0")
@@ -305,8 +352,14 @@ domains = ["web-*"]
 	open, openTx := PacketPorts(labPath)
 	h.dm, err = NewDistributionManager(DMConfig{
 		Config: cfg, HostID: h.lab.HostUUID, Backend: backend, Domains: h.conn,
-		ApplianceLinks: func(context.Context, Instance) ([]string, error) { return []string{fwLink}, nil },
-		RedirectPort:   redirectTo, InterceptPort: readOn, Open: open, OpenTx: openTx, Logger: quietLogger(),
+		ApplianceLinks: func(_ context.Context, inst Instance) ([]string, error) {
+			app, ok := h.apps[inst.Appliance]
+			if !ok {
+				return nil, fmt.Errorf("no link for appliance %q", inst.Appliance)
+			}
+			return []string{app.link}, nil
+		},
+		RedirectPort: redirectTo, InterceptPort: readOn, Open: open, OpenTx: openTx, Logger: quietLogger(),
 		OnEvent: func(e sourceroute.Event) { h.ag.RecordDataplaneEvent(e) },
 	})
 	if err != nil {
@@ -338,15 +391,7 @@ domains = ["web-*"]
 // and opens TCP connections to denyPort five times a second as soon as its
 // interface has an address; sent(n) reports whether round n was reached.
 func (h *hookHost) startTalkingGuest(t *testing.T, ctx context.Context) (uuid string, sent func(n int) func() bool) {
-	img, err := libvirtlab.GuestImage(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	console := filepath.Join(h.dir, "web-1.console")
-	guest, err := libvirtlab.GuestDomain("web-1", img, libvirtlab.GuestOptions{
-		ConsoleLog: console,
-		Interfaces: []libvirtlab.GuestInterface{{Type: "bridge", Source: "br0", Target: netnstest.UniqueName("t"), MAC: guestMAC.String(), Address: "10.77.0.2/24"}},
-		Cmdline: libvirtlab.GuestRun(fmt.Sprintf(`ip neigh replace 10.77.0.9 lladdr %s dev eth0
+	uuid, console := h.startGuest(t, ctx, fmt.Sprintf(`ip neigh replace 10.77.0.9 lladdr %s dev eth0
 i=0
 while [ $i -lt 2000 ]; do
 	i=$((i+1))
@@ -355,7 +400,29 @@ while [ $i -lt 2000 ]; do
 	echo "hooktest-sent $i"
 	sleep 0.2
 done
-`, peerMAC, denyPort)),
+`, peerMAC, denyPort))
+	return uuid, func(n int) func() bool {
+		return func() bool {
+			b, _ := os.ReadFile(console)
+			// The serial console ends lines with CR LF.
+			return bytes.Contains(b, fmt.Appendf(nil, "hooktest-sent %d\r", n))
+		}
+	}
+}
+
+// startGuest defines and starts web-1 on br0 at 10.77.0.2 with script run
+// by its init once its interface has its address; it returns the domain's
+// UUID and the file its serial console goes to.
+func (h *hookHost) startGuest(t *testing.T, ctx context.Context, script string) (uuid, console string) {
+	img, err := libvirtlab.GuestImage(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	console = filepath.Join(h.dir, "web-1.console")
+	guest, err := libvirtlab.GuestDomain("web-1", img, libvirtlab.GuestOptions{
+		ConsoleLog: console,
+		Interfaces: []libvirtlab.GuestInterface{{Type: "bridge", Source: "br0", Target: netnstest.UniqueName("t"), MAC: guestMAC.String(), Address: "10.77.0.2/24"}},
+		Cmdline:    libvirtlab.GuestRun(script),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -369,35 +436,43 @@ done
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
+			// A migrated guest's console file is reopened, truncated, by
+			// the destination's QEMU while the source's still writes at its
+			// offset: drop the hole that leaves.
 			b, _ := os.ReadFile(console)
+			b = bytes.ReplaceAll(b, []byte{0}, nil)
 			t.Logf("console of web-1 (last 4 KiB):\n%s", b[max(0, len(b)-4096):])
 		}
 	})
-	return dom.UUID, func(n int) func() bool {
-		return func() bool {
-			b, _ := os.ReadFile(console)
-			// The serial console ends lines with CR LF.
-			return bytes.Contains(b, fmt.Appendf(nil, "hooktest-sent %d\r", n))
-		}
-	}
+	return dom.UUID, console
 }
 
 // startFilter waits for the agent's fw instance and runs vsafilter with its
 // MAC in the appliance namespace, denying TCP to denyPort.
 func (h *hookHost) startFilter(t *testing.T, ctx context.Context, bin string) *vsafiltertest.Run {
-	var fwMAC string
-	waitFor(t, ctx, "the fw appliance", func() bool {
-		for _, a := range h.ag.Appliances() {
-			if a.Appliance == "fw" && len(a.MACs) > 0 {
-				fwMAC = a.MACs[0]
-				return true
-			}
+	waitFor(t, ctx, "the fw appliance", func() bool { return h.applianceMAC("fw") != "" })
+	return h.startFilterFor(t, ctx, bin, "fw", h.applianceMAC("fw"), fmt.Sprintf(
+		"[[rule]]\nname = \"no-%d\"\naction = \"deny\"\nproto = \"tcp\"\ndport = %d\n", denyPort, denyPort))
+}
+
+// applianceMAC is the MAC of the agent's instance of appliance, or "".
+func (h *hookHost) applianceMAC(appliance string) string {
+	for _, a := range h.ag.Appliances() {
+		if a.Appliance == appliance && len(a.MACs) > 0 {
+			return a.MACs[0]
 		}
-		return false
-	})
-	hostIP(t, "-n", h.fwNS.Name(), "link", "set", "dev", "eth0", "address", fwMAC)
-	return vsafiltertest.Start(t, ctx, h.fwNS, bin, "fw", "eth0", fmt.Sprintf(
-		"[output]\nstats_interval = \"0s\"\n[[rule]]\nname = \"no-%d\"\naction = \"deny\"\nproto = \"tcp\"\ndport = %d\n", denyPort, denyPort))
+	}
+	return ""
+}
+
+// startFilterFor runs vsafilter as appliance, with mac, in its namespace,
+// with rules (TOML) after a counters-on-demand output section.
+func (h *hookHost) startFilterFor(t *testing.T, ctx context.Context, bin, appliance, mac, rules string) *vsafiltertest.Run {
+	app := h.apps[appliance]
+	hostIP(t, "-n", app.ns.Name(), "link", "set", "dev", "eth0", "address", mac)
+	app.mac = mac
+	app.filter = vsafiltertest.Start(t, ctx, app.ns, bin, appliance, "eth0", "[output]\nstats_interval = \"0s\"\n"+rules)
+	return app.filter
 }
 
 func (h *hookHost) guestState(name string) GuestState {

@@ -57,7 +57,17 @@ type Options struct {
 	// StartTimeout bounds the wait for the daemon to answer (default 90s; a
 	// fresh daemon probes QEMU's capabilities first).
 	StartTimeout time.Duration
+	// ListenTCP makes libvirtd also accept plain TCP connections (no TLS, no
+	// authentication) on TCPPort of every address of the lab's namespace:
+	// peer-to-peer migration needs the source daemon to reach the
+	// destination's, and a socket-only URI counts as the same host. The
+	// namespace is private to the lab, so only links the test adds reach it.
+	ListenTCP bool
 }
+
+// TCPPort is the port libvirtd listens on with Options.ListenTCP, libvirt's
+// default, so that qemu+tcp://ADDR/system needs no port.
+const TCPPort = 16509
 
 // Lab is one private libvirtd: a simulated hypervisor host.
 type Lab struct {
@@ -72,6 +82,7 @@ type Lab struct {
 
 	startTimeout time.Duration
 	ownsDir      bool
+	listenTCP    bool
 
 	mu           sync.Mutex
 	netnsCreated bool
@@ -127,7 +138,7 @@ func Start(ctx context.Context, dir string, opts Options) (*Lab, error) {
 	if err := ensureQemuAccount(ctx); err != nil {
 		return nil, err
 	}
-	l := &Lab{Name: opts.Name, HostUUID: opts.HostUUID, startTimeout: opts.StartTimeout}
+	l := &Lab{Name: opts.Name, HostUUID: opts.HostUUID, startTimeout: opts.StartTimeout, listenTCP: opts.ListenTCP}
 	if l.Name == "" {
 		l.Name = "vslab-" + randomHex(4)
 	}
@@ -209,6 +220,9 @@ auth_unix_rw = "none"
 host_uuid = %[3]q
 log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 `, l.Name, filepath.Join(l.Dir, "sock"), l.HostUUID)
+	if l.listenTCP {
+		daemonConf += fmt.Sprintf("listen_tls = 0\nlisten_tcp = 1\nauth_tcp = \"none\"\ntcp_port = \"%d\"\nlisten_addr = \"0.0.0.0\"\n", TCPPort)
+	}
 	// QEMU runs as root without a security driver or cgroups so that several
 	// daemons on one machine never touch each other's guests, and without a
 	// per-guest mount namespace so that Stop finds every QEMU by namespace.
@@ -310,7 +324,11 @@ func (l *Lab) startDaemon(ctx context.Context) error {
 		return fmt.Errorf("libvirtlab: %w", err)
 	}
 	defer out.Close()
-	cmd := exec.Command("nsenter", l.nsenter("libvirtd")...)
+	args := []string{"libvirtd"}
+	if l.listenTCP {
+		args = append(args, "--listen")
+	}
+	cmd := exec.Command("nsenter", l.nsenter(args...)...)
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LC_ALL=C"}
 	cmd.Stdout, cmd.Stderr = out, out
 	p, err := startProcess(cmd)

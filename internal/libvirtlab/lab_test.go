@@ -3,6 +3,7 @@ package libvirtlab
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -123,6 +124,25 @@ func TestLab(t *testing.T) {
 	}
 	if _, err := l.Exec(ctx, "true"); err == nil {
 		t.Error("Exec worked after Stop")
+	}
+}
+
+// TestLabListenTCP checks that a lab with ListenTCP answers qemu+tcp from
+// inside its namespace, as another lab's libvirtd reaches it for
+// peer-to-peer migration, and that one without it does not.
+func TestLabListenTCP(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	for _, listen := range []bool{true, false} {
+		l := NewWith(t, Options{ListenTCP: listen})
+		uri := fmt.Sprintf("qemu+tcp://127.0.0.1:%d/system", TCPPort)
+		out, err := l.Exec(ctx, "virsh", "-q", "-c", uri, "hostname")
+		switch {
+		case listen && (err != nil || strings.TrimSpace(string(out)) != l.Name):
+			t.Errorf("with ListenTCP, virsh -c %s hostname = %q, %v; want %q", uri, out, err, l.Name)
+		case !listen && err == nil:
+			t.Errorf("without ListenTCP, virsh -c %s answered: %s", uri, out)
+		}
 	}
 }
 
