@@ -378,6 +378,19 @@ func (t *fwdTopology) disableBridgeNetfilter(b *testing.B) string {
 // MSR header of every frame addressed to it and sends the frames back
 // through its link in the batches they arrived in. It returns how many it
 // reflected so far.
+// reflectorAppliances are the DM's rules for the two reflectors, a1 and
+// a2, header appliances on the host ends ap1 and ap2 of their links.
+func reflectorAppliances() []sourceroute.ApplianceRule {
+	var rules []sourceroute.ApplianceRule
+	for i, mac := range fwdApplMAC {
+		rules = append(rules, sourceroute.ApplianceRule{
+			Appliance: fmt.Sprintf("a%d", i+1), Instance: fmt.Sprintf("a%d-1", i+1), MAC: mac,
+			Kind: sourceroute.HeaderAppliance, Port: fmt.Sprintf(fwdApplPortFm, i+1), Healthy: true,
+		})
+	}
+	return rules
+}
+
 func startReflector(b *testing.B, ns *netnstest.NS, self sourceroute.MAC) *atomic.Uint64 {
 	var s *afpacket.Socket
 	if err := ns.Do(func() error {
@@ -688,12 +701,7 @@ func (t *fwdTopology) withDM(b *testing.B, chain, fast bool, run func() fwdSampl
 	snap := sourceroute.Snapshot{Guests: []sourceroute.GuestRule{src, dst}}
 	if chain {
 		snap.Guests[0].Policy = &sourceroute.PolicyRule{Name: "bench", Chain: []string{"a1", "a2"}}
-		for i, mac := range fwdApplMAC {
-			snap.Appliances = append(snap.Appliances, sourceroute.ApplianceRule{
-				Appliance: fmt.Sprintf("a%d", i+1), Instance: fmt.Sprintf("a%d-1", i+1), MAC: mac,
-				Kind: sourceroute.HeaderAppliance, Port: fmt.Sprintf(fwdApplPortFm, i+1), Healthy: true,
-			})
-		}
+		snap.Appliances = reflectorAppliances()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

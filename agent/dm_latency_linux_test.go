@@ -386,12 +386,7 @@ func (t *latTopology) withDM(b *testing.B, chain, fast bool, run func() error) e
 	}}
 	if chain {
 		snap.Guests[0].Policy = &sourceroute.PolicyRule{Name: "latency", Chain: []string{"a1", "a2"}, Symmetric: true}
-		for i, mac := range fwdApplMAC {
-			snap.Appliances = append(snap.Appliances, sourceroute.ApplianceRule{
-				Appliance: fmt.Sprintf("a%d", i+1), Instance: fmt.Sprintf("a%d-1", i+1), MAC: mac,
-				Kind: sourceroute.HeaderAppliance, Port: fmt.Sprintf(fwdApplPortFm, i+1), Healthy: true,
-			})
-		}
+		snap.Appliances = reflectorAppliances()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
