@@ -55,13 +55,14 @@ type Dataplane struct {
 	MaxFlows        int           // max_flows
 	Workers         int           // workers; 0 means one per CPU
 	Port            string        // port: the DM's own interface
-	// FastPath lets the kernel forward established flows that take no
-	// chain (XDP on the ports guest frames arrive on); where it cannot,
-	// those flows stay on the userspace path.
-	FastPath bool // fast_path
-	ProbeInterval   time.Duration // probe_interval: how often each appliance instance gets a health probe
-	ProbeTimeout    time.Duration // probe_timeout: how long a probe's answer may take; <= ProbeInterval
-	ProbeMisses     int           // probe_misses: probes missed in a row that make an instance silent
+	// FastPath lets the kernel forward established flows (XDP on the
+	// ports guest frames arrive on, and on appliance ports for chains);
+	// where it cannot, those flows stay on the userspace path. Off by
+	// default: redirected frames lose pending checksum offload.
+	FastPath      bool          // fast_path
+	ProbeInterval time.Duration // probe_interval: how often each appliance instance gets a health probe
+	ProbeTimeout  time.Duration // probe_timeout: how long a probe's answer may take; <= ProbeInterval
+	ProbeMisses   int           // probe_misses: probes missed in a row that make an instance silent
 }
 
 // Intercept is the [intercept] table.
