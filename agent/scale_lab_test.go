@@ -29,11 +29,6 @@ func TestRealLibvirtdScaleUpOutAndIn(t *testing.T) {
 	lab := libvirtlab.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	img := writeLabTemplate(ctx, t, dir, func(tmpl *libvirtxml.Domain) {
-		// Live memory changes go through the balloon.
-		tmpl.Devices.MemBalloon = &libvirtxml.DomainMemBalloon{Model: "virtio"}
-	})
 	const text = `
 [scaling]
 hold = "0s"
@@ -56,30 +51,7 @@ chain = ["ips"]
 [policy.match]
 domains = ["web-*"]
 `
-	cfg, err := config.Parse("vsagent.toml", []byte(text), dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := hypervisor.Connect(ctx, lab.URI(), hypervisor.Options{Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	h := &harness{t: t, conn: conn, hv: &recordingHV{Conn: conn}, dir: dir}
-	h.start(cfg)
-
-	guest, err := libvirtlab.GuestDomain("web-1", img, libvirtlab.GuestOptions{Interfaces: []libvirtlab.GuestInterface{{Type: "ethernet"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := conn.Define(ctx, guest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := conn.Start(ctx, d.UUID); err != nil {
-		t.Fatal(err)
-	}
-	h.eventually("web-1 inspected", func() bool { return h.guestState("web-1") == GuestInspected })
+	h, conn, dir, d := startScaleLab(ctx, t, lab, text)
 	ips := h.byName("vsa-ips-1")
 
 	// The default sampler on a real VM: two readings make a figure.
@@ -193,4 +165,41 @@ func writeLabTemplate(ctx context.Context, t *testing.T, dir string, edit func(*
 func (h *harness) hasScaleEvent(kind EventKind) bool {
 	evs, _ := h.agent.Events(0)
 	return slices.ContainsFunc(evs, func(e Event) bool { return e.Kind == kind })
+}
+
+// startScaleLab starts the agent on the lab's libvirtd with the
+// configuration text, whose appliances use the tiny lab image with a
+// balloon (live memory changes go through it), and starts web-1, which
+// the configuration's policy must cover; it returns once web-1 is
+// inspected.
+func startScaleLab(ctx context.Context, t *testing.T, lab *libvirtlab.Lab, text string) (*harness, *hypervisor.Conn, string, hypervisor.Domain) {
+	t.Helper()
+	dir := t.TempDir()
+	img := writeLabTemplate(ctx, t, dir, func(tmpl *libvirtxml.Domain) {
+		tmpl.Devices.MemBalloon = &libvirtxml.DomainMemBalloon{Model: "virtio"}
+	})
+	cfg, err := config.Parse("vsagent.toml", []byte(text), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := hypervisor.Connect(ctx, lab.URI(), hypervisor.Options{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	h := &harness{t: t, conn: conn, hv: &recordingHV{Conn: conn}, dir: dir}
+	h.start(cfg)
+	guest, err := libvirtlab.GuestDomain("web-1", img, libvirtlab.GuestOptions{Interfaces: []libvirtlab.GuestInterface{{Type: "ethernet"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := conn.Define(ctx, guest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Start(ctx, d.UUID); err != nil {
+		t.Fatal(err)
+	}
+	h.eventually("web-1 inspected", func() bool { return h.guestState("web-1") == GuestInspected })
+	return h, conn, dir, d
 }

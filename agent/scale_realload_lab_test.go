@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"libvirt.org/go/libvirtxml"
-
 	"github.com/vsagent/vsagent/hypervisor"
 	"github.com/vsagent/vsagent/internal/afpacket"
 	"github.com/vsagent/vsagent/internal/config"
@@ -23,18 +21,14 @@ import (
 // libvirtd with nothing scripted: the autoscaler's default sampler reads
 // the VM's CPU time from libvirt while the test floods the VM's tap with
 // broadcast frames, which its software-emulated virtio-net and kernel must
-// all take in. The sustained load grows the instance (memory, live), then
-// starts a second appliance VM; when the flood stops, the load falls, the
-// duplicate is drained and deleted, and the first one keeps running.
+// all take in. The sustained load starts a second appliance VM; when the
+// flood stops, the load falls, the duplicate is drained and deleted, and
+// the first one keeps running. Then, allowed a second vCPU, the same load
+// hot-plugs one into the instance.
 func TestRealLibvirtdScaleUnderRealLoad(t *testing.T) {
 	lab := libvirtlab.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	img := writeLabTemplate(ctx, t, dir, func(tmpl *libvirtxml.Domain) {
-		// Live memory changes go through the balloon.
-		tmpl.Devices.MemBalloon = &libvirtxml.DomainMemBalloon{Model: "virtio"}
-	})
 	const text = `
 [scaling]
 hold = "0s"
@@ -59,29 +53,7 @@ chain = ["ips"]
 [policy.match]
 domains = ["web-*"]
 `
-	cfg, err := config.Parse("vsagent.toml", []byte(text), dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := hypervisor.Connect(ctx, lab.URI(), hypervisor.Options{Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	h := &harness{t: t, conn: conn, hv: &recordingHV{Conn: conn}, dir: dir}
-	h.start(cfg)
-	guest, err := libvirtlab.GuestDomain("web-1", img, libvirtlab.GuestOptions{Interfaces: []libvirtlab.GuestInterface{{Type: "ethernet"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := conn.Define(ctx, guest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := conn.Start(ctx, d.UUID); err != nil {
-		t.Fatal(err)
-	}
-	h.eventually("web-1 inspected", func() bool { return h.guestState("web-1") == GuestInspected })
+	h, conn, dir, d := startScaleLab(ctx, t, lab, text)
 	ips := h.byName("vsa-ips-1")
 	tap := tapOf(ctx, t, conn, ips.UUID)
 	waitIdle(ctx, t, conn, ips)
