@@ -183,16 +183,7 @@ func newFwdTopology(b *testing.B) *fwdTopology {
 	t.host.AddBridge(b, fwdBridge)
 	b.Log(t.disableBridgeNetfilter(b))
 
-	for i := range 2 {
-		ns := netnstest.New(b)
-		ns.QuietIPv6(b)
-		// Room for the 34-byte header of a two-appliance route on top of
-		// a full-size guest frame.
-		netnstest.Veth(b, netnstest.End{NS: ns, Name: fwdApplLink, MAC: net.HardwareAddr(fwdApplMAC[i][:]), MTU: 1600},
-			netnstest.End{NS: t.host, Name: fmt.Sprintf(fwdApplPortFm, i+1), MTU: 1600})
-		t.reflected[i] = startReflector(b, ns, fwdApplMAC[i])
-		t.appl[i] = ns
-	}
+	t.appl, t.reflected = startReflectors(b, t.host)
 	return t
 }
 
@@ -378,6 +369,22 @@ func (t *fwdTopology) disableBridgeNetfilter(b *testing.B) string {
 // MSR header of every frame addressed to it and sends the frames back
 // through its link in the batches they arrived in. It returns how many it
 // reflected so far.
+// startReflectors makes the two appliances a1 and a2: each a reflector in
+// a namespace of its own, linked to host by ap1 and ap2.
+func startReflectors(b *testing.B, host *netnstest.NS) (appl [2]*netnstest.NS, reflected [2]*atomic.Uint64) {
+	for i := range 2 {
+		ns := netnstest.New(b)
+		ns.QuietIPv6(b)
+		// Room for the 34-byte header of a two-appliance route on top of
+		// a full-size guest frame.
+		netnstest.Veth(b, netnstest.End{NS: ns, Name: fwdApplLink, MAC: net.HardwareAddr(fwdApplMAC[i][:]), MTU: 1600},
+			netnstest.End{NS: host, Name: fmt.Sprintf(fwdApplPortFm, i+1), MTU: 1600})
+		reflected[i] = startReflector(b, ns, fwdApplMAC[i])
+		appl[i] = ns
+	}
+	return appl, reflected
+}
+
 // reflectorAppliances are the DM's rules for the two reflectors, a1 and
 // a2, header appliances on the host ends ap1 and ap2 of their links.
 func reflectorAppliances() []sourceroute.ApplianceRule {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -143,7 +144,7 @@ func percentile(ds []time.Duration, p int) time.Duration {
 type latTopology struct {
 	a, bNS, host *netnstest.NS
 	hostPath     string
-	reflected    [2]interface{ Load() uint64 }
+	reflected    [2]*atomic.Uint64
 	appl         [2]*netnstest.NS
 	pass         *ebpf.Program
 }
@@ -196,14 +197,7 @@ func newLatTopology(b *testing.B) *latTopology {
 		}
 	}
 	t.host.AddBridge(b, fwdBridge)
-	for i := range 2 {
-		ns := netnstest.New(b)
-		ns.QuietIPv6(b)
-		netnstest.Veth(b, netnstest.End{NS: ns, Name: fwdApplLink, MAC: net.HardwareAddr(fwdApplMAC[i][:]), MTU: 1600},
-			netnstest.End{NS: t.host, Name: fmt.Sprintf(fwdApplPortFm, i+1), MTU: 1600})
-		t.reflected[i] = startReflector(b, ns, fwdApplMAC[i])
-		t.appl[i] = ns
-	}
+	t.appl, t.reflected = startReflectors(b, t.host)
 	pass, err := xdpgen.PassProgram()
 	if err != nil {
 		b.Fatal(err)
