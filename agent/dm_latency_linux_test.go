@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/safchain/ethtool"
 	"github.com/vishvananda/netlink"
 
 	"github.com/vsagent/vsagent/internal/netnstest"
@@ -178,22 +177,6 @@ func newLatTopology(b *testing.B) *latTopology {
 		}
 		if err := nl.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT, IP: g.peer, HardwareAddr: g.peerMAC}); err != nil {
 			b.Fatal(err)
-		}
-	}
-	// A frame the kernel fast path redirects loses the skb's "checksum
-	// still to be filled in" state that a veth's checksum offload leaves
-	// it in, and its receiver drops it. The guests fill their checksums
-	// in themselves, in every mode alike.
-	for _, ns := range []*netnstest.NS{t.a, t.bNS} {
-		if err := ns.Do(func() error {
-			et, err := ethtool.NewEthtool()
-			if err != nil {
-				return err
-			}
-			defer et.Close()
-			return et.Change("eth0", map[string]bool{"tx-checksum-ip-generic": false})
-		}); err != nil {
-			b.Fatalf("checksum offload of a guest's eth0: %v", err)
 		}
 	}
 	t.host.AddBridge(b, fwdBridge)

@@ -316,11 +316,7 @@ func TestDMFastPathOnInterceptLinkInNamespaces(t *testing.T) {
 	netnstest.Veth(t, netnstest.End{NS: dmNS, Name: "feed", MTU: 9000}, netnstest.End{NS: dmNS, Name: "in", MTU: 9000})
 	redirectIngress(t, dmNS, "ta", "feed")
 
-	fp, err := xdpfast.New(xdpfast.Config{Do: dmNS.Do, MaxEntries: 64, Feeds: map[string]string{"in": "feed"}})
-	if err != nil {
-		t.Skipf("no fast path on this kernel: %v", err)
-	}
-	t.Cleanup(func() { fp.Close() })
+	fp := newTestFastPathWith(t, xdpfast.Config{Do: dmNS.Do, MaxEntries: 64, Feeds: map[string]string{"in": "feed"}})
 	e := newNetnsEngine(t, dmNS, false, Config{InterceptPort: "in", FastPath: fp,
 		Logger: slog.New(slog.NewTextHandler(tLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err := e.Update(ctx, Snapshot{Guests: []GuestRule{

@@ -57,8 +57,7 @@ type Dataplane struct {
 	Port            string        // port: the DM's own interface
 	// FastPath lets the kernel forward established flows (XDP on the
 	// ports guest frames arrive on, and on appliance ports for chains);
-	// where it cannot, those flows stay on the userspace path. Off by
-	// default: redirected frames lose pending checksum offload.
+	// where it cannot, those flows stay on the userspace path.
 	FastPath      bool          // fast_path
 	ProbeInterval time.Duration // probe_interval: how often each appliance instance gets a health probe
 	ProbeTimeout  time.Duration // probe_timeout: how long a probe's answer may take; <= ProbeInterval
@@ -210,6 +209,7 @@ func defaults() *Config {
 			MaxFlows:        1_000_000,
 			Workers:         0,
 			Port:            "vsa-dm0",
+			FastPath:        true,
 			ProbeInterval:   time.Second,
 			ProbeTimeout:    500 * time.Millisecond,
 			ProbeMisses:     3,

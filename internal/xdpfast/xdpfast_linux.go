@@ -382,6 +382,7 @@ func program(mapFD int, h hook) asm.Instructions {
 			asm.FnXdpAdjustHead.Call(),
 			asm.JNE.Imm(asm.R0, 0, "pass"),
 			asm.Mov.Reg(asm.R0, asm.R9),
+			asm.Mov.Imm(asm.R7, 0), // the inner frame is all there is now
 			asm.Ja.Label("redirect"),
 		)
 	}
@@ -425,10 +426,20 @@ func program(mapFD int, h hook) asm.Instructions {
 		ins = append(ins, copyMem(asm.R2, off, asm.R9, vHdr+off, asm.Word)...)
 		ins = append(ins, copyMem(asm.R2, off+4, asm.R9, vHdr+off+4, asm.Half)...)
 	}
-	return append(ins,
+	ins = append(ins,
 		asm.Mov.Reg(asm.R0, asm.R9).WithSymbol("pushed"),
-
-		asm.Mov.Imm(asm.R1, 1).WithSymbol("redirect"),
+		// The inner frame now starts after the pushed header.
+		asm.LoadMem(asm.R7, asm.R9, vHdrLen, asm.Word),
+		asm.And.Imm(asm.R7, 0xff),
+	)
+	if h.tc {
+		// An skb keeps its pending checksum offload across the redirect.
+		ins = append(ins, asm.Ja.Label("count").WithSymbol("redirect"))
+	} else {
+		ins = append(ins, completeChecksum()...)
+	}
+	return append(ins,
+		asm.Mov.Imm(asm.R1, 1).WithSymbol("count"),
 		xadd(asm.R0, vPackets, asm.R1),
 		xadd(asm.R0, vBytes, asm.R8),
 		asm.LoadMem(asm.R1, asm.R0, vOut, asm.Word),
@@ -440,6 +451,182 @@ func program(mapFD int, h hook) asm.Instructions {
 		asm.Mov.Imm(asm.R0, h.aborted).WithSymbol("aborted"),
 		asm.Return(),
 	)
+}
+
+// Stack of the XDP program below the key: what completeChecksum keeps
+// across helper calls, and the buffer it sums the L4 segment in.
+const (
+	stValue    = -KeyLen - 8  // the entry's value
+	stInnerLen = -KeyLen - 16 // R8
+	stFieldOff = -KeyLen - 24 // the checksum field's offset in the frame
+	stField    = -KeyLen - 32 // the checksum to store
+	stProto    = -KeyLen - 40
+	sumChunk   = 256              // bytes summed per helper call
+	sumBuf     = sumChunk + 8     // room for the last chunk rounded up to 4 bytes
+	stBuf      = stProto - sumBuf // the chunk buffer
+	maxSummed  = 4096             // no XDP frame here is longer (no fragments)
+)
+
+// completeChecksum fills in the TCP or UDP checksum of a frame about to be
+// redirected whose sender left it to offload. Taps and veths hand such
+// frames (CHECKSUM_PARTIAL) to XDP with only the pseudo-header's sum in the
+// checksum field, and that state does not survive an XDP redirect: the
+// receiver would drop the frame as corrupt. XDP cannot see the skb's
+// state, so the field itself tells: it is completed when it holds exactly
+// the pseudo-header's folded sum. A frame whose checksum was complete and
+// happened to equal that sum gets the same value back, so the rule never
+// spoils a good frame. Userspace completes the frames it forwards in the
+// same way (TP_STATUS_CSUMNOTREADY).
+//
+// It runs with R0 the entry, R7 the inner frame's offset, R8 its length,
+// and leaves R0 and R8 as they were. The frame already has its final
+// shape (pushed or stripped), so nothing here may pass it to the stack:
+// what cannot happen aborts.
+func completeChecksum() asm.Instructions {
+	ins := asm.Instructions{
+		asm.StoreMem(asm.RFP, stValue, asm.R0, asm.DWord).WithSymbol("redirect"),
+		asm.StoreMem(asm.RFP, stInnerLen, asm.R8, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R6, xdpHook.data, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, xdpHook.dataEnd, asm.Word),
+		asm.Mov.Reg(asm.R1, asm.R2),
+		asm.Add.Reg(asm.R1, asm.R7),
+		asm.Mov.Reg(asm.R4, asm.R1),
+		asm.Add.Imm(asm.R4, minUDPFrame),
+		asm.JGT.Reg(asm.R4, asm.R3, "aborted"),
+		asm.LoadMem(asm.R5, asm.R1, ipProtoOff, asm.Byte),
+		asm.StoreMem(asm.RFP, stProto, asm.R5, asm.DWord),
+		asm.JEq.Imm(asm.R5, unix.IPPROTO_UDP, "csum udp"),
+		asm.JNE.Imm(asm.R5, unix.IPPROTO_TCP, "csum done"),
+		asm.Mov.Reg(asm.R4, asm.R1),
+		asm.Add.Imm(asm.R4, l4Off+18),
+		asm.JGT.Reg(asm.R4, asm.R3, "csum done"), // no room for a checksum field
+		asm.LoadMem(asm.R9, asm.R1, l4Off+16, asm.Half),
+		asm.Mov.Reg(asm.R4, asm.R7),
+		asm.Add.Imm(asm.R4, l4Off+16),
+		asm.Ja.Label("csum pseudo"),
+		asm.LoadMem(asm.R9, asm.R1, l4Off+6, asm.Half).WithSymbol("csum udp"),
+		asm.JEq.Imm(asm.R9, 0, "csum done"), // no checksum at all
+		asm.Mov.Reg(asm.R4, asm.R7),
+		asm.Add.Imm(asm.R4, l4Off+6),
+		asm.StoreMem(asm.RFP, stFieldOff, asm.R4, asm.DWord).WithSymbol("csum pseudo"),
+
+		// The pseudo-header's sum, as 16-bit words loaded little-endian
+		// (one's complement sums do not care which byte order, as long as
+		// it is the same throughout).
+		asm.LoadMem(asm.R2, asm.R1, ipLenOff, asm.Half),
+		asm.HostTo(asm.BE, asm.R2, asm.Half),
+		asm.JGT.Imm(asm.R2, maxSummed, "aborted"),
+		asm.JLT.Imm(asm.R2, minIPTotal, "aborted"), // checked before; said again for the verifier
+		asm.Sub.Imm(asm.R2, 20),                    // the L4 segment's length
+		asm.Mov.Imm(asm.R3, 0),
+	}
+	for _, off := range []int16{ipSaddrOff, ipDaddrOff} {
+		ins = append(ins,
+			asm.LoadMem(asm.R4, asm.R1, off, asm.Word),
+			asm.Mov.Reg(asm.R5, asm.R4),
+			asm.And.Imm(asm.R5, 0xffff),
+			asm.Add.Reg(asm.R3, asm.R5),
+			asm.RSh.Imm(asm.R4, 16),
+			asm.Add.Reg(asm.R3, asm.R4),
+		)
+	}
+	ins = append(ins,
+		asm.LoadMem(asm.R4, asm.RFP, stProto, asm.DWord),
+		asm.LSh.Imm(asm.R4, 8),
+		asm.Add.Reg(asm.R3, asm.R4),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.HostTo(asm.BE, asm.R4, asm.Half),
+		asm.Add.Reg(asm.R3, asm.R4),
+	)
+	ins = append(ins, fold(asm.R3)...)
+	ins = append(ins,
+		asm.JNE.Reg(asm.R3, asm.R9, "csum done"),
+
+		// Sum the segment as it is: the field's pseudo-header sum stands
+		// in for the pseudo-header, as it does for the NIC.
+		asm.Add.Imm(asm.R7, l4Off), // the segment's offset in the frame
+		asm.Mov.Reg(asm.R9, asm.R2),
+		asm.Mov.Imm(asm.R8, 0),
+		asm.JLT.Imm(asm.R9, sumChunk, "csum tail").WithSymbol("csum chunk"),
+	)
+	chunk := []asm.Instruction{asm.Mov.Imm(asm.R4, sumChunk)}
+	ins = append(ins, sumFrameBytes(chunk, chunk)...)
+	ins = append(ins,
+		asm.Add.Imm(asm.R7, sumChunk),
+		asm.Sub.Imm(asm.R9, sumChunk),
+		asm.Ja.Label("csum chunk"),
+		asm.JEq.Imm(asm.R9, 0, "csum fold").WithSymbol("csum tail"),
+	)
+	// Zeros after the last byte: an odd length sums as if padded.
+	ins = append(ins, asm.Mov.Imm(asm.R1, 0))
+	for off := int16(stBuf); off < stBuf+sumBuf; off += 8 {
+		ins = append(ins, asm.StoreMem(asm.RFP, off, asm.R1, asm.DWord))
+	}
+	ins = append(ins, sumFrameBytes(
+		[]asm.Instruction{asm.Mov.Reg(asm.R4, asm.R9)},
+		[]asm.Instruction{asm.Mov.Reg(asm.R4, asm.R9), asm.Add.Imm(asm.R4, 3), asm.And.Imm(asm.R4, -4)},
+	)...)
+	ins = append(ins, asm.Mov.Reg(asm.R8, asm.R8).WithSymbol("csum fold"))
+	ins = append(ins, fold(asm.R8)...)
+	return append(ins,
+		asm.Xor.Imm(asm.R8, 0xffff),
+		asm.JNE.Imm(asm.R8, 0, "csum store"),
+		asm.LoadMem(asm.R1, asm.RFP, stProto, asm.DWord),
+		asm.JNE.Imm(asm.R1, unix.IPPROTO_UDP, "csum store"),
+		asm.Mov.Imm(asm.R8, 0xffff), // 0 means "no checksum" in UDP over IPv4
+		asm.StoreMem(asm.RFP, stField, asm.R8, asm.Half).WithSymbol("csum store"),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.LoadMem(asm.R2, asm.RFP, stFieldOff, asm.DWord),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, stField),
+		asm.Mov.Imm(asm.R4, 2),
+		asm.FnXdpStoreBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "aborted"),
+
+		asm.LoadMem(asm.R0, asm.RFP, stValue, asm.DWord).WithSymbol("csum done"),
+		asm.LoadMem(asm.R8, asm.RFP, stInnerLen, asm.DWord),
+	)
+}
+
+// sumFrameBytes copies bytes of the frame at offset R7 into the stack
+// buffer (loadLen sets R4 to how many) and adds them to the running sum in
+// R8 (sumLen sets R4 to how many: a whole number of words, the buffer
+// holding zeros past the frame's bytes).
+func sumFrameBytes(loadLen, sumLen []asm.Instruction) asm.Instructions {
+	ins := append(asm.Instructions{}, loadLen...)
+	ins = append(ins,
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Reg(asm.R2, asm.R7),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, stBuf),
+		asm.FnXdpLoadBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "aborted"),
+	)
+	ins = append(ins, sumLen...)
+	return append(ins,
+		asm.Mov.Imm(asm.R1, 0),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, stBuf),
+		asm.Mov.Reg(asm.R5, asm.R8),
+		asm.FnCsumDiff.Call(),
+		asm.JSLT.Imm(asm.R0, 0, "aborted"),
+		asm.Mov.Reg(asm.R8, asm.R0),
+	)
+}
+
+// fold folds a one's complement sum in r to 16 bits, using R4.
+func fold(r asm.Register) asm.Instructions {
+	var ins asm.Instructions
+	for range 2 {
+		ins = append(ins,
+			asm.Mov.Reg(asm.R4, r),
+			asm.RSh.Imm(asm.R4, 16),
+			asm.And.Imm(r, 0xffff),
+			asm.Add.Reg(r, asm.R4),
+		)
+	}
+	return ins
 }
 
 // hook is where the program runs: the context's fields it reads and the
