@@ -110,6 +110,7 @@ func NewDistributionManager(cfg DMConfig) (*DistributionManager, error) {
 		OpenTx:          cfg.OpenTx,
 		Logger:          cfg.Logger,
 		FastPath:        cfg.FastPath,
+		FastPathAfter:   dp.FastPathAfter,
 		Events:          d.onEngineEvent,
 		ProbeInterval:   dp.ProbeInterval,
 		ProbeTimeout:    dp.ProbeTimeout,

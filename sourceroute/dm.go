@@ -1,6 +1,7 @@
 package sourceroute
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -108,6 +109,13 @@ type Config struct {
 	// FastPath, if set, forwards established flows that take no chain in
 	// the kernel (see dm_fastpath.go).
 	FastPath FastPath
+	// FastPathAfter is how many frames a flow direction takes on the
+	// userspace path before it is offloaded (default 8). An offload costs
+	// system calls (one map update per entry, three for a two-appliance
+	// chain, and its counters are read back while it lives) that a flow of
+	// a few frames never repays: offloaded on their first frame, a million
+	// short flows made the fast path slower than the userspace path.
+	FastPathAfter int
 	// ProbeInterval is how often each appliance instance is sent a health
 	// probe (default 1s; negative: never), ProbeTimeout how long its
 	// answer may take (default 500ms), and ProbeMisses how many probes in
@@ -268,6 +276,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 	}
 	if cfg.FastPath != nil {
 		e.fast = newFastPath(cfg.FastPath, e.table)
+		e.fast.after = uint64(cmp.Or(max(cfg.FastPathAfter, 0), defaultFastPathAfter))
 	}
 	st := e.emptyState()
 	for _, name := range []string{cfg.InterceptPort, cfg.UplinkPort} {

@@ -65,7 +65,8 @@ const (
 )
 
 type fastPath struct {
-	fp FastPath
+	fp    FastPath
+	after uint64 // frames a direction takes in userspace before it is offloaded
 
 	mu     sync.Mutex // guards everything below; held across the FastPath's calls
 	recs   map[uint64]fastRec
@@ -115,6 +116,8 @@ func fastCookie(h uint32, d Direction, step int) uint64 {
 func cookieHandle(c uint64) uint32 { return uint32(c >> cookieStepBits) }
 
 func cookieDir(c uint64) Direction { return Direction(c & 1) }
+
+const defaultFastPathAfter = 8
 
 const (
 	cookieStepBits = 8

@@ -38,6 +38,7 @@ var dataplaneModes = []struct {
 func newNetnsEngine(t *testing.T, dmNS *netnstest.NS, fast bool, cfg Config) *Engine {
 	t.Helper()
 	cfg.Self = dmSelf
+	cfg.FastPathAfter = fastPathAfterInTests(cfg.FastPathAfter)
 	cfg.Open = func(name string) (Port, error) { return openPacketPort(dmNS, name) }
 	if fast {
 		cfg.FastPath = newTestFastPath(t, dmNS)

@@ -101,6 +101,31 @@ func openSnapshot() Snapshot {
 	return Snapshot{Guests: []GuestRule{dmGuest("a", gMAC(1), dmPolicy("open")), dmGuest("b", gMAC(2), nil)}}
 }
 
+// TestDMFastPathWaitsForEstablishedFlows: a flow direction goes to the
+// fast path only once it has taken FastPathAfter frames on the userspace
+// path (8 by default), each direction counting its own.
+func TestDMFastPathWaitsForEstablishedFlows(t *testing.T) {
+	for _, tc := range []struct {
+		after, want int
+	}{{-1, defaultFastPathAfter}, {3, 3}} {
+		fp := newFakeFastPath()
+		h := newDMHarness(t, Config{FastPath: fp, FastPathAfter: tc.after})
+		h.update(openSnapshot())
+		ab := dmUDPFrame(gMAC(1), gMAC(2), "10.0.0.1", "10.0.0.2", 4000, 53, "q")
+		ba := dmUDPFrame(gMAC(2), gMAC(1), "10.0.0.2", "10.0.0.1", 53, 4000, "r")
+		for i := 1; i <= tc.want; i++ {
+			h.inject(dmIntercept, ab)
+			if wantOffers := min(i/tc.want, 1); fp.offers != wantOffers {
+				t.Fatalf("FastPathAfter %d: %d offers after %d frames, want %d", tc.after, fp.offers, i, wantOffers)
+			}
+		}
+		h.inject(dmIntercept, ba)
+		if diff := cmp.Diff([]string{"icpt→tap-b"}, fp.sortedPaths()); diff != "" {
+			t.Errorf("FastPathAfter %d: entries after one reply (-want +got):\n%s", tc.after, diff)
+		}
+	}
+}
+
 // TestDMFastPathKeptInStep drives the engine's side of the fast path with
 // a fake kernel: a pass-through flow is offloaded once per direction; the
 // frames the kernel forwards are counted and keep the flow alive through

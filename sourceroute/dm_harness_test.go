@@ -131,6 +131,20 @@ var (
 
 // newDMHarness makes an engine whose ports are memPorts, with the
 // intercept port "icpt" and cfg's other settings.
+// fastPathAfterInTests is the FastPathAfter of the tests' engines: they
+// count on a flow being offloaded on its first frame unless they say
+// otherwise (-1: the engine's default), which only
+// TestDMFastPathWaitsForEstablishedFlows needs.
+func fastPathAfterInTests(n int) int {
+	switch n {
+	case 0:
+		return 1
+	case -1:
+		return 0
+	}
+	return n
+}
+
 func newDMHarness(t testing.TB, cfg Config) *dmHarness {
 	t.Helper()
 	h := &dmHarness{t: t, clock: &fakeClock{t: time.Unix(1_700_000_000, 0)}, ports: map[string]*memPort{},
@@ -138,6 +152,7 @@ func newDMHarness(t testing.TB, cfg Config) *dmHarness {
 	if cfg.Self.IsZero() {
 		cfg.Self = dmSelf
 	}
+	cfg.FastPathAfter = fastPathAfterInTests(cfg.FastPathAfter)
 	if cfg.InterceptPort == "" {
 		cfg.InterceptPort = dmIntercept
 	}

@@ -372,19 +372,27 @@ func (w *worker) forward(st *state, src, dst *endpoint, zone uint16, frame []byt
 		rt := fe.dec.rt[dir]
 		if rt == nil {
 			w.deliver(dst, frame)
-			if w.e.fast != nil && !src.remote && fe.fast[dir].Load() == fastNone {
+			if w.offloadable(fe, dir, src) {
 				w.offload(fe, v.Handle, dir, src, dst, frame)
 			}
 			return
 		}
 		if w.toHop(fe, dir, rt, 0, frame) {
 			fe.sent(dir, now)
-			if w.e.fast != nil && !src.remote && fe.fast[dir].Load() == fastNone {
+			if w.offloadable(fe, dir, src) {
 				w.offloadChain(fe, v.Handle, dir, src, dst, rt, frame)
 			}
 		}
 		return
 	}
+}
+
+// offloadable says whether the flow direction a frame from src just took
+// is due to go to the fast path: it has carried enough frames and has not
+// been tried.
+func (w *worker) offloadable(fe *flowEntry, dir Direction, src *endpoint) bool {
+	f := w.e.fast
+	return f != nil && !src.remote && fe.packets[dir].Load() >= f.after && fe.fast[dir].Load() == fastNone
 }
 
 // decide is the flow table's PolicyFunc for the frame in w.cur.

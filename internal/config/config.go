@@ -58,7 +58,10 @@ type Dataplane struct {
 	// FastPath lets the kernel forward established flows (XDP on the
 	// ports guest frames arrive on, and on appliance ports for chains);
 	// where it cannot, those flows stay on the userspace path.
-	FastPath      bool          // fast_path
+	FastPath bool // fast_path
+	// FastPathAfter is how many frames a flow direction takes on the
+	// userspace path before it is offloaded.
+	FastPathAfter int           // fast_path_after
 	ProbeInterval time.Duration // probe_interval: how often each appliance instance gets a health probe
 	ProbeTimeout  time.Duration // probe_timeout: how long a probe's answer may take; <= ProbeInterval
 	ProbeMisses   int           // probe_misses: probes missed in a row that make an instance silent
@@ -210,6 +213,7 @@ func defaults() *Config {
 			Workers:         0,
 			Port:            "vsa-dm0",
 			FastPath:        true,
+			FastPathAfter:   8,
 			ProbeInterval:   time.Second,
 			ProbeTimeout:    500 * time.Millisecond,
 			ProbeMisses:     3,

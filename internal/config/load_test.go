@@ -40,7 +40,7 @@ func TestLoadExample(t *testing.T) {
 		},
 		Dataplane: Dataplane{
 			EtherType: 0x88B5, MaxHops: 16, ReturnTimeout: 250 * time.Millisecond, FlowIdleTimeout: time.Minute,
-			MaxFlows: 1_000_000, Workers: 0, Port: "vsa-dm0",
+			MaxFlows: 1_000_000, Workers: 0, Port: "vsa-dm0", FastPath: true, FastPathAfter: 8,
 			ProbeInterval: time.Second, ProbeTimeout: 500 * time.Millisecond, ProbeMisses: 3,
 		},
 		Intercept: Intercept{Backend: "tc-redirect", Uplink: "eth0"},
@@ -142,7 +142,7 @@ func TestDefaults(t *testing.T) {
 		},
 		Dataplane: Dataplane{
 			EtherType: 0x88B5, MaxHops: 16, ReturnTimeout: 250 * time.Millisecond, FlowIdleTimeout: 60 * time.Second,
-			MaxFlows: 1_000_000, Workers: 0, Port: "vsa-dm0", FastPath: true,
+			MaxFlows: 1_000_000, Workers: 0, Port: "vsa-dm0", FastPath: true, FastPathAfter: 8,
 			ProbeInterval: time.Second, ProbeTimeout: 500 * time.Millisecond, ProbeMisses: 3,
 		},
 		Intercept: Intercept{Backend: "tc-redirect"},

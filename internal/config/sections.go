@@ -66,6 +66,7 @@ func (l *loader) dataplane(t *table) {
 	t.intField("max_flows", &dp.MaxFlows, 1, 100_000_000)
 	t.intField("workers", &dp.Workers, 0, 1024)
 	t.boolean("fast_path", &dp.FastPath)
+	t.intField("fast_path_after", &dp.FastPathAfter, 1, 1_000_000)
 	if t.str("port", &dp.Port) {
 		if err := checkIfName(dp.Port); err != nil {
 			t.errorf("port", "%v", err)

@@ -30,13 +30,16 @@ type Config struct {
 	// Frame is the template: a whole Ethernet frame, at least 14 bytes and
 	// at most what fits a page-pool page (about 3.5 KB).
 	Frame []byte
-	// FieldOffset is where a 16-bit big-endian field starts that every
-	// frame gets a random value of, from First to First+Flows-1 (a UDP
-	// source port at offset 34 of an IPv4 frame without options). The UDP
-	// checksum must then be 0 (none) in the template, since it is not
-	// recomputed.
+	// FieldOffset is where a big-endian field of FieldSize bytes starts
+	// that every frame gets a random value of, from First to
+	// First+Flows-1 (a UDP source port at offset 34 of an IPv4 frame
+	// without options; or both ports, 4 bytes, for more than 65 536
+	// flows). The UDP checksum must then be 0 (none) in the template,
+	// since it is not recomputed.
 	FieldOffset int
-	First       uint16
+	// FieldSize is 2 (the default when 0) or 4.
+	FieldSize int
+	First     uint32
 	// Flows is how many distinct values the field takes: a power of two,
 	// or 0 or 1 to leave the template unchanged.
 	Flows int
@@ -51,14 +54,19 @@ type Generator struct {
 
 // New loads the generator's program into the kernel.
 func New(cfg Config) (*Generator, error) {
+	if cfg.FieldSize == 0 {
+		cfg.FieldSize = 2
+	}
 	switch {
 	case len(cfg.Frame) < 14 || len(cfg.Frame) > 3500:
 		return nil, fmt.Errorf("%w: frame of %d bytes, want 14 to 3500", ErrInvalidConfig, len(cfg.Frame))
+	case cfg.FieldSize != 2 && cfg.FieldSize != 4:
+		return nil, fmt.Errorf("%w: field of %d bytes, want 2 or 4", ErrInvalidConfig, cfg.FieldSize)
 	case cfg.Flows > 1 && bits.OnesCount(uint(cfg.Flows)) != 1:
 		return nil, fmt.Errorf("%w: %d flows is not a power of two", ErrInvalidConfig, cfg.Flows)
-	case cfg.Flows > 1<<16 || int(cfg.First)+cfg.Flows > 1<<16:
-		return nil, fmt.Errorf("%w: %d values from %d do not fit 16 bits", ErrInvalidConfig, cfg.Flows, cfg.First)
-	case cfg.Flows > 1 && (cfg.FieldOffset < 0 || cfg.FieldOffset+2 > len(cfg.Frame)):
+	case cfg.Flows > 1<<31 || uint64(cfg.First)+uint64(cfg.Flows) > 1<<(8*cfg.FieldSize):
+		return nil, fmt.Errorf("%w: %d values from %d do not fit %d bits", ErrInvalidConfig, cfg.Flows, cfg.First, 8*cfg.FieldSize)
+	case cfg.Flows > 1 && (cfg.FieldOffset < 0 || cfg.FieldOffset+cfg.FieldSize > len(cfg.Frame)):
 		return nil, fmt.Errorf("%w: field at %d is outside the %d-byte frame", ErrInvalidConfig, cfg.FieldOffset, len(cfg.Frame))
 	}
 	count, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
@@ -94,20 +102,28 @@ func txProgram(countFD int, cfg Config) asm.Instructions {
 	if cfg.Flows <= 1 {
 		return append(insns, asm.Mov.Imm(asm.R0, xdpTX).WithSymbol("counted"), asm.Return())
 	}
-	off := int16(cfg.FieldOffset)
-	return append(insns,
+	off, size := int16(cfg.FieldOffset), int16(cfg.FieldSize)
+	insns = append(insns,
 		asm.FnGetPrandomU32.Call().WithSymbol("counted"),
 		asm.And.Imm(asm.R0, int32(cfg.Flows-1)),
+		// Only the field's low bytes are stored: a First of 2^31 or more,
+		// sign-extended here, still lands right.
 		asm.Add.Imm(asm.R0, int32(cfg.First)),
 		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word), // data
 		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word), // data_end
 		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, int32(off)+2),
+		asm.Add.Imm(asm.R4, int32(off+size)),
 		asm.JGT.Reg(asm.R4, asm.R3, "send"),
-		asm.Mov.Reg(asm.R5, asm.R0),
-		asm.RSh.Imm(asm.R5, 8),
-		asm.StoreMem(asm.R2, off, asm.R5, asm.Byte),
-		asm.StoreMem(asm.R2, off+1, asm.R0, asm.Byte),
+	)
+	// Big-endian, one byte at a time: the field need not be aligned.
+	for i := range size {
+		insns = append(insns,
+			asm.Mov.Reg(asm.R5, asm.R0),
+			asm.RSh.Imm(asm.R5, int32(8*(size-1-i))),
+			asm.StoreMem(asm.R2, off+i, asm.R5, asm.Byte),
+		)
+	}
+	return append(insns,
 		asm.Mov.Imm(asm.R0, xdpTX).WithSymbol("send"),
 		asm.Return(),
 	)

@@ -6,7 +6,9 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"maps"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -19,12 +21,15 @@ import (
 func TestNewRejectsBadConfig(t *testing.T) {
 	frame := UDPFrame(nil, nil, 60)
 	for name, cfg := range map[string]Config{
-		"short frame":     {Frame: make([]byte, 13)},
-		"huge frame":      {Frame: make([]byte, 4000)},
-		"flows not pow2":  {Frame: frame, FieldOffset: UDPPortOffset, Flows: 1000},
-		"field past end":  {Frame: frame, FieldOffset: 59, Flows: 4},
-		"negative offset": {Frame: frame, FieldOffset: -1, Flows: 4},
-		"values overflow": {Frame: frame, FieldOffset: UDPPortOffset, First: 65535, Flows: 2},
+		"short frame":      {Frame: make([]byte, 13)},
+		"huge frame":       {Frame: make([]byte, 4000)},
+		"flows not pow2":   {Frame: frame, FieldOffset: UDPPortOffset, Flows: 1000},
+		"field past end":   {Frame: frame, FieldOffset: 59, Flows: 4},
+		"negative offset":  {Frame: frame, FieldOffset: -1, Flows: 4},
+		"values overflow":  {Frame: frame, FieldOffset: UDPPortOffset, First: 65535, Flows: 2},
+		"32-bit overflow":  {Frame: frame, FieldOffset: UDPPortOffset, FieldSize: 4, First: 1<<32 - 1, Flows: 2},
+		"field size 3":     {Frame: frame, FieldOffset: UDPPortOffset, FieldSize: 3, Flows: 2},
+		"4 bytes past end": {Frame: frame, FieldOffset: 57, FieldSize: 4, Flows: 2},
 	} {
 		t.Run(name, func(t *testing.T) {
 			g, err := New(cfg)
@@ -44,6 +49,20 @@ func TestNewRejectsBadConfig(t *testing.T) {
 // range only, and more than one of them.
 func TestGeneratorSendsFlowsOverVeth(t *testing.T) {
 	netnstest.RequireRoot(t)
+	for _, tc := range []struct {
+		name               string
+		size               int
+		first, flows, want uint32 // want: distinct values to see at least
+	}{
+		{"source port", 2, 20000, 64, 2},
+		// A million flows over both ports: values beyond 16 bits arrive.
+		{"both ports", 4, 40000 << 16, 1 << 20, 1000},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testGeneratorFlows(t, tc.size, tc.first, tc.flows, tc.want) })
+	}
+}
+
+func testGeneratorFlows(t *testing.T, size int, first, flows, wantValues uint32) {
 	a, b := netnstest.New(t), netnstest.New(t)
 	a.QuietIPv6(t)
 	b.QuietIPv6(t)
@@ -73,9 +92,8 @@ func TestGeneratorSendsFlowsOverVeth(t *testing.T) {
 	}
 	t.Cleanup(func() { rx.Close() })
 
-	const first, flows = 20000, 64
 	frame := UDPFrame(macB, macA, 60)
-	g, err := New(Config{Frame: frame, FieldOffset: UDPPortOffset, First: first, Flows: flows})
+	g, err := New(Config{Frame: frame, FieldOffset: UDPPortOffset, FieldSize: size, First: first, Flows: int(flows)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +111,7 @@ func TestGeneratorSendsFlowsOverVeth(t *testing.T) {
 	go func() { genErr <- a.Do(func() error { return g.Run(genCtx, la.Attrs().Index) }) }()
 
 	const want = 2000
-	ports := map[uint16]int{}
+	ports := map[uint32]int{}
 	views := make([][]byte, 64)
 	got := 0
 	for got < want {
@@ -106,16 +124,23 @@ func TestGeneratorSendsFlowsOverVeth(t *testing.T) {
 			if len(v) != len(frame) {
 				t.Fatalf("frame of %d bytes, want %d", len(v), len(frame))
 			}
-			port := binary.BigEndian.Uint16(v[UDPPortOffset:])
-			if port < first || port >= first+flows {
-				t.Fatalf("source port %d outside [%d, %d)", port, first, first+flows)
+			value := uint32(binary.BigEndian.Uint16(v[UDPPortOffset:]))
+			if size == 4 {
+				value = binary.BigEndian.Uint32(v[UDPPortOffset:])
 			}
-			ports[port]++
-			// Everything but the port is the template.
+			if value < first || value >= first+flows {
+				t.Fatalf("field value %#x outside [%#x, %#x)", value, first, first+flows)
+			}
+			ports[value]++
+			// Everything but the field is the template.
 			w := append([]byte(nil), frame...)
-			binary.BigEndian.PutUint16(w[UDPPortOffset:], port)
+			if size == 4 {
+				binary.BigEndian.PutUint32(w[UDPPortOffset:], value)
+			} else {
+				binary.BigEndian.PutUint16(w[UDPPortOffset:], uint16(value))
+			}
 			if string(v) != string(w) {
-				t.Fatalf("frame %x differs from the template %x beyond the port", v, w)
+				t.Fatalf("frame %x differs from the template %x beyond the field", v, w)
 			}
 		}
 		got += n
@@ -129,10 +154,13 @@ func TestGeneratorSendsFlowsOverVeth(t *testing.T) {
 	if sent < uint64(got) {
 		t.Errorf("generator counted %d frames, %d arrived", sent, got)
 	}
-	if len(ports) < 2 {
-		t.Errorf("all %d frames had one source port: %v", got, ports)
+	if len(ports) < int(wantValues) {
+		t.Errorf("%d frames had %d distinct values, want at least %d", got, len(ports), wantValues)
 	}
-	t.Logf("%d frames sent, %d read, %d distinct ports", sent, got, len(ports))
+	if size == 4 && !slices.ContainsFunc(slices.Collect(maps.Keys(ports)), func(v uint32) bool { return v&0xfff0000 != first&0xfff0000 }) {
+		t.Errorf("no value differs from %#x above its low 16 bits", first)
+	}
+	t.Logf("%d frames sent, %d read, %d distinct values", sent, got, len(ports))
 }
 
 func must[T any](v T, err error) T {
