@@ -373,7 +373,8 @@ func realDemo(ctx context.Context, w io.Writer, imageDir, template string) (err 
 
 	frames := func() string {
 		c := lab.DM.Engine().Counters()
-		return fmt.Sprintf("DM → ips %d frames, → fw %d frames", c.Instances["vsa-ips-1"].Sent, c.Instances["vsa-fw-1"].Sent)
+		return fmt.Sprintf("DM → ips %d frames, → fw %d frames, kernel fast path %d frames",
+			c.Instances["vsa-ips-1"].Sent, c.Instances["vsa-fw-1"].Sent, lab.DM.Engine().FastPathStats().Frames)
 	}
 	failed := 0
 	describe := map[string][2]string{
@@ -382,6 +383,8 @@ func realDemo(ctx context.Context, w io.Writer, imageDir, template string) (err 
 		e2elab.MarkClosed: {"demo-web → demo-db port 24 (closed, allowed)", "refused: the reset came back through fw → ips"},
 		e2elab.MarkTelnet: {"demo-web → demo-db telnet (port 23)", "blocked by vsa-ips-1 (rule no-telnet): no answer"},
 		e2elab.MarkAttack: {"demo-web → demo-db EICAR payload", "dropped by vsa-fw-1 (signature eicar): nothing echoed"},
+		e2elab.MarkBulk: {fmt.Sprintf("demo-web → demo-db %d random bytes (port 7)", e2elab.BulkBytes),
+			"all echoed through ips → fw; once established, the kernel fast path carried the connection"},
 	}
 	_, err = web.Outcome(ctx, func(mark, line string) {
 		d := describe[mark]

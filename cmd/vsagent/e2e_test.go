@@ -170,6 +170,14 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("%s: %+v; want frames sent and returned, and a drop notice", inst, ic)
 		}
 	}
+	// The bulk echo's connection is long enough for the kernel fast path
+	// to carry it (real virtio guests leave their checksums to offload).
+	fastCtx, fastDone := context.WithTimeout(ctx, 15*time.Second) // counters are read back once a second
+	waitStep(fastCtx, t, "the kernel fast path to have carried frames", func() bool {
+		return lab.DM.Engine().FastPathStats().Frames > 0
+	})
+	fastDone()
+	t.Logf("kernel fast path: %+v", lab.DM.Engine().FastPathStats())
 	waitStep(ctx, t, "drop notices from ips and fw as agent events", func() bool {
 		return hasEvent(lab, agent.EventDropNotice, "vsa-ips-1") && hasEvent(lab, agent.EventDropNotice, "vsa-fw-1")
 	})

@@ -2,6 +2,7 @@ package e2elab
 
 import (
 	"context"
+	"strconv"
 	"strings"
 )
 
@@ -15,8 +16,14 @@ const (
 	MarkClosed = "e2e: port24 " // nc's exit status and message for a closed port
 	MarkTelnet = "e2e: telnet " // the same for port 23, which ips denies
 	MarkAttack = "e2e: attack " // how many bytes of the EICAR line came back
+	MarkBulk   = "e2e: bulk "   // how many of BulkBytes random bytes came back
 	MarkDone   = "e2e: done"
 )
+
+// BulkBytes is how much the script streams through the echo port: enough
+// for the connection's frames to go to the distribution manager's kernel
+// fast path once it has seen their first ones.
+const BulkBytes = 200000
 
 // EchoText is what the script sends to the peer's echo port.
 const EchoText = "hello-through-the-chain"
@@ -33,7 +40,9 @@ const EchoText = "hello-through-the-chain"
 //     proves that a reset finds its way back through the chain, which
 //     makes the next step meaningful;
 //   - port 23 (telnet) is denied by ips: no reset, nc times out;
-//   - the EICAR line to the echo port is dropped by fw: nothing comes back.
+//   - the EICAR line to the echo port is dropped by fw: nothing comes back;
+//   - BulkBytes random bytes to the echo port all come back (the
+//     connection is long enough for the fast path to take it over).
 func TrafficScript(peer string, full bool) string {
 	s := `p=PEER
 n=0
@@ -46,8 +55,10 @@ if get; then echo "e2e: http ok $(tail -n 1 /tmp/h) after $n retries"; else echo
 timeout 8 nc -w 4 $p 24 </dev/null 2>/tmp/e; echo "e2e: port24 rc=$? $(cat /tmp/e)"
 timeout 8 nc -w 4 $p 23 </dev/null 2>/tmp/e; echo "e2e: telnet rc=$? $(cat /tmp/e)"
 r=$(printf '%s\n' 'EICARLINE' | timeout 8 nc -w 3 $p 7); echo "e2e: attack echoed ${#r} bytes"
+r=$(head -c BULK /dev/urandom | timeout 60 nc -w 5 $p 7 | wc -c); echo "e2e: bulk echoed $r bytes"
 `
 		s = strings.Replace(s, "EICARLINE", EICAR, 1)
+		s = strings.Replace(s, "BULK", strconv.Itoa(BulkBytes), 1)
 	}
 	s += "echo \"" + MarkDone + "\"\n"
 	return strings.Replace(s, "PEER", peer, 1)
@@ -73,6 +84,8 @@ func (o Outcome) Passed(mark string) bool {
 		return line != "" && !strings.Contains(line, "refused")
 	case MarkAttack:
 		return strings.Contains(line, "echoed 0 bytes")
+	case MarkBulk:
+		return strings.Contains(line, "echoed "+strconv.Itoa(BulkBytes)+" bytes")
 	}
 	return false
 }
@@ -95,4 +108,4 @@ func (g *Guest) Outcome(ctx context.Context, each func(mark, line string), marks
 }
 
 // AllMarks are TrafficScript's marks with full traffic, in order.
-var AllMarks = []string{MarkHTTP, MarkEcho, MarkClosed, MarkTelnet, MarkAttack}
+var AllMarks = []string{MarkHTTP, MarkEcho, MarkClosed, MarkTelnet, MarkAttack, MarkBulk}

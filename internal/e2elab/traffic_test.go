@@ -50,6 +50,9 @@ func TestOutcomePassed(t *testing.T) {
 		{MarkTelnet, "", false},
 		{MarkAttack, "e2e: attack echoed 0 bytes", true},
 		{MarkAttack, "e2e: attack echoed 68 bytes", false},
+		{MarkBulk, "e2e: bulk echoed 200000 bytes", true},
+		{MarkBulk, "e2e: bulk echoed 2000000 bytes", false},
+		{MarkBulk, "e2e: bulk echoed 131072 bytes", false},
 		{"e2e: unknown ", "e2e: unknown", false},
 	} {
 		o := Outcome{Lines: map[string]string{tc.mark: tc.line}}
