@@ -30,7 +30,9 @@ import (
 // then fw. The XDP program must complete those checksums before it
 // redirects: a TCP stream of 256 KiB comes back byte for byte, every
 // datagram arrives, and neither guest's kernel counts a checksum error,
-// while the kernel carried most of the frames.
+// while the kernel carried most of the frames. Then pings: every echo
+// request and reply after each direction's first FastPathAfter crosses
+// the kernel.
 func TestDMFastPathWithChecksumOffloadingSenders(t *testing.T) {
 	netnstest.RequireRoot(t)
 	bin := vsafiltertest.Build(t, "..")
@@ -173,6 +175,37 @@ func testFastPathChecksumOffload(t *testing.T, bin string, chain []string) {
 	if st.Frames < datagrams/2 {
 		t.Errorf("the kernel carried %d frames: the fast path was hardly used", st.Frames)
 	}
+
+	// Pings: the echo requests and replies after the first FastPathAfter
+	// of each direction are the kernel's too.
+	const pings = 20
+	before := settledFastFrames(e)
+	if out, err := lab.a.Exec(ctx, "ping", "-c", strconv.Itoa(pings), "-i", "0.05", "-W", "5", "10.9.0.2"); err != nil {
+		t.Fatalf("ping: %v\n%s", err, out)
+	}
+	// Each frame of a chained flow counts once per entry: push, each
+	// appliance's hand-back. The entries go in right after the DM pushed
+	// the last frame it pushes itself, whose hand-backs the kernel may
+	// then carry too.
+	want := uint64(2 * (pings - defaultFastPathAfter) * (len(chain) + 1))
+	if got := settledFastFrames(e) - before; got < want || got > want+uint64(2*len(chain)) {
+		t.Errorf("the kernel carried %d frames of %d pings, want %d to %d", got, pings, want, want+uint64(2*len(chain)))
+	}
+}
+
+// settledFastFrames is what the fast path has counted once the engine's
+// once-a-second reading of the kernel's counters stops changing it.
+func settledFastFrames(e *Engine) uint64 {
+	last := e.FastPathStats().Frames
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(1500 * time.Millisecond)
+		now := e.FastPathStats().Frames
+		if now == last {
+			break
+		}
+		last = now
+	}
+	return last
 }
 
 // txChecksumOffload says whether ns's eth0 leaves checksums to offload.

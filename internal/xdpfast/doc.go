@@ -16,9 +16,12 @@
 // is re-decided (Remove, then Barrier before it acknowledges a change),
 // and reads the kernel's per-entry counters back (Visit) so that idle
 // timeouts, return timeouts and counters see the frames the kernel
-// forwarded. Frames whose entry is not in the map, or that the program
-// does not parse (IPv6, VLAN tags, IPv4 options or fragments, TCP segments
-// with SYN, FIN or RST, drop notices), take the userspace path as before.
+// forwarded. The program parses IPv4 UDP, TCP and ICMP echo requests and
+// replies (keyed by type and identifier). Frames whose entry is not in
+// the map, or that it does not parse (IPv6, VLAN tags, IPv4 options or
+// fragments, TCP segments with SYN, FIN or RST, other ICMP messages, drop
+// notices), take the userspace path as before. Before it redirects a frame
+// it completes a TCP or UDP checksum its sender left to offload.
 //
 // Where native XDP cannot run on a port fed by the other end of a veth
 // (the DM's jumbo-MTU intercept link), a tc variant of the program runs at

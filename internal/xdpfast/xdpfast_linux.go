@@ -106,6 +106,10 @@ const (
 	minUDPFrame  = l4Off + 8
 	minTCPFrame  = l4Off + 14
 	tcpSynFinRst = 0x07
+	// ICMP echo (RFC 792): type, code, checksum, identifier, sequence.
+	icmpEchoReply = 0
+	icmpEcho      = 8
+	minICMPTotal  = 20 + 8
 )
 
 const (
@@ -292,6 +296,7 @@ func program(mapFD int, h hook) asm.Instructions {
 		asm.JNE.Imm(asm.R5, 0, "pass"),
 		asm.LoadMem(asm.R5, asm.R9, ipProtoOff, asm.Byte),
 		asm.JEq.Imm(asm.R5, unix.IPPROTO_UDP, "key"),
+		asm.JEq.Imm(asm.R5, unix.IPPROTO_ICMP, "icmp"),
 		asm.JNE.Imm(asm.R5, unix.IPPROTO_TCP, "pass"),
 		// TCP segments that open or close a connection go to userspace,
 		// which sees every connection's start and end.
@@ -301,6 +306,16 @@ func program(mapFD int, h hook) asm.Instructions {
 		asm.LoadMem(asm.R5, asm.R9, tcpFlagsOff, asm.Byte),
 		asm.And.Imm(asm.R5, tcpSynFinRst),
 		asm.JNE.Imm(asm.R5, 0, "pass"),
+		asm.Ja.Label("key"),
+
+		// ICMP: echo requests and replies only, whose whole header the IP
+		// total length covers; errors and the rest go to userspace.
+		asm.LoadMem(asm.R5, asm.R9, l4Off, asm.Byte).WithSymbol("icmp"),
+		asm.JEq.Imm(asm.R5, icmpEchoReply, "icmp echo"),
+		asm.JNE.Imm(asm.R5, icmpEcho, "pass"),
+		asm.LoadMem(asm.R5, asm.R9, ipLenOff, asm.Half).WithSymbol("icmp echo"),
+		asm.HostTo(asm.BE, asm.R5, asm.Half),
+		asm.JLT.Imm(asm.R5, minICMPTotal, "pass"),
 
 		asm.LoadMem(asm.R1, asm.R6, h.ifindex, asm.Word).WithSymbol("key"),
 		asm.StoreMem(asm.RFP, -KeyLen+kIfindex, asm.R1, asm.Word),
@@ -318,9 +333,15 @@ func program(mapFD int, h hook) asm.Instructions {
 		asm.StoreMem(asm.RFP, -KeyLen+kDaddr, asm.R1, asm.Word),
 		asm.LoadMem(asm.R1, asm.R9, l4Off, asm.Word),
 		asm.StoreMem(asm.RFP, -KeyLen+kPorts, asm.R1, asm.Word),
+		// ICMP: type and code, then the identifier in place of the
+		// checksum, which differs from frame to frame.
+		asm.LoadMem(asm.R5, asm.R9, ipProtoOff, asm.Byte),
+		asm.JNE.Imm(asm.R5, unix.IPPROTO_ICMP, "proto word"),
+		asm.LoadMem(asm.R1, asm.R9, l4Off+4, asm.Half),
+		asm.StoreMem(asm.RFP, -KeyLen+kPorts+2, asm.R1, asm.Half),
 		// The protocol word also says, for an MSR frame, which header and
 		// which hop: the header's length and its next.
-		asm.LoadMem(asm.R5, asm.R9, ipProtoOff, asm.Byte),
+		asm.LoadMem(asm.R5, asm.R9, ipProtoOff, asm.Byte).WithSymbol("proto word"),
 		asm.JEq.Imm(asm.R7, 0, "proto"),
 		asm.Mov.Reg(asm.R1, asm.R7),
 		asm.LSh.Imm(asm.R1, 8),
@@ -683,7 +704,8 @@ func xadd(dst asm.Register, off int16, src asm.Register) asm.Instruction {
 // installs the entry its later segments use. An MSR frame (any EtherType
 // but IPv4 and the drop notice's, with 1..MaxHops hops) is keyed by its
 // outer MACs, its inner frame's addresses and ports, and its header's
-// length and next hop.
+// length and next hop. An ICMP echo request or reply is keyed by its type
+// and identifier where a port pair would be.
 func KeyOf(ifindex int, frame []byte) (key Entry, ok bool) {
 	hdrLen := msrLen(frame)
 	if hdrLen < 0 {
@@ -697,10 +719,11 @@ func KeyOf(ifindex int, frame []byte) (key Entry, ok bool) {
 	if total := int(binary.BigEndian.Uint16(in[ipLenOff:])); total < minIPTotal || ethLen+total > len(in) {
 		return key, false // malformed for the userspace path, which drops it
 	}
-	proto := in[ipProtoOff]
+	proto, total := in[ipProtoOff], int(binary.BigEndian.Uint16(in[ipLenOff:]))
 	switch {
 	case proto == unix.IPPROTO_UDP:
 	case proto == unix.IPPROTO_TCP && len(in) >= minTCPFrame:
+	case proto == unix.IPPROTO_ICMP && (in[l4Off] == icmpEcho || in[l4Off] == icmpEchoReply) && total >= minICMPTotal:
 	default:
 		return key, false
 	}
@@ -714,6 +737,9 @@ func KeyOf(ifindex int, frame []byte) (key Entry, ok bool) {
 	copy(key[kSaddr:kSaddr+4], in[ipSaddrOff:])
 	copy(key[kDaddr:kDaddr+4], in[ipDaddrOff:])
 	copy(key[kPorts:kPorts+4], in[l4Off:])
+	if proto == unix.IPPROTO_ICMP {
+		copy(key[kPorts+2:kPorts+4], in[l4Off+4:]) // the identifier, not the checksum
+	}
 	binary.NativeEndian.PutUint32(key[kProto:], protoWord)
 	return key, true
 }

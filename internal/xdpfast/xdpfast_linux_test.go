@@ -37,6 +37,17 @@ func tcp(flags byte) []byte {
 
 func edit(f []byte, fn func([]byte)) []byte { fn(f); return f }
 
+// icmp is an ICMP message of type typ from a to b, identifier 0x1234.
+func icmp(typ byte, size int) []byte {
+	f := udp(size)
+	f[ipProtoOff] = unix.IPPROTO_ICMP
+	clear(f[l4Off : l4Off+8])
+	f[l4Off] = typ
+	binary.BigEndian.PutUint16(f[l4Off+4:], 0x1234)
+	binary.BigEndian.PutUint16(f[l4Off+6:], 7) // sequence
+	return f
+}
+
 // frameCases are frames with whether the program forwards them once their
 // entry is in the map.
 var frameCases = []struct {
@@ -52,7 +63,12 @@ var frameCases = []struct {
 	{"tcp fin", tcp(0x11), true, false},
 	{"tcp rst", tcp(0x04), true, false},
 	{"tcp truncated", tcp(0x10)[:minTCPFrame-1], false, false},
-	{"icmp", edit(udp(60), func(f []byte) { f[ipProtoOff] = unix.IPPROTO_ICMP }), false, false},
+	{"icmp echo request", icmp(icmpEcho, 60), true, true},
+	{"icmp echo reply", icmp(icmpEchoReply, 98), true, true},
+	{"icmp unreachable", icmp(3, 70), false, false},
+	{"icmp timestamp", icmp(13, 60), false, false},
+	{"icmp echo cut short by the ip total", edit(icmp(icmpEcho, 60), func(f []byte) { binary.BigEndian.PutUint16(f[ipLenOff:], minICMPTotal-1) }), false, false},
+	{"icmp echo at the ip total", edit(icmp(icmpEcho, 60), func(f []byte) { binary.BigEndian.PutUint16(f[ipLenOff:], minICMPTotal) }), true, true},
 	{"ip options", edit(udp(60), func(f []byte) { f[ethLen] = 0x46 }), false, false},
 	{"first fragment", edit(udp(60), func(f []byte) { f[ipFragOff] = 0x20 }), false, false},
 	{"later fragment", edit(udp(60), func(f []byte) { f[ipFragOff+1] = 0x01 }), false, false},
@@ -176,6 +192,22 @@ func TestKeyOfSeparatesFlows(t *testing.T) {
 	}
 	if k, _ := KeyOf(8, udp(60)); k == base {
 		t.Error("the arrival port does not change the key")
+	}
+	// ICMP echo: type and identifier tell flows apart; the checksum and
+	// the sequence number, which change from frame to frame, do not.
+	echo, _ := KeyOf(7, icmp(icmpEcho, 60))
+	for name, tc := range map[string]struct {
+		change func([]byte)
+		same   bool
+	}{
+		"type":       {func(f []byte) { f[l4Off] = icmpEchoReply }, false},
+		"identifier": {func(f []byte) { f[l4Off+5]++ }, false},
+		"checksum":   {func(f []byte) { f[l4Off+2]++ }, true},
+		"sequence":   {func(f []byte) { f[l4Off+7]++ }, true},
+	} {
+		if k, ok := KeyOf(7, edit(icmp(icmpEcho, 60), tc.change)); !ok || (k == echo) != tc.same {
+			t.Errorf("icmp %s: key %x, ok %v; same key as before = %v, want %v", name, k, ok, k == echo, tc.same)
+		}
 	}
 }
 
