@@ -293,52 +293,51 @@ func (c *fwdCPUs) reclaim(b *testing.B, gen int) {
 
 // boostKsoftirqd gives ksoftirqd/cpu nice -20 until the benchmark ends.
 func (c *fwdCPUs) boostKsoftirqd(b *testing.B, cpu int) {
-	procs, err := os.ReadDir("/proc")
-	if err != nil {
-		b.Fatal(err)
-	}
-	want := fmt.Sprintf("ksoftirqd/%d\n", cpu)
-	for _, p := range procs {
-		pid, err := strconv.Atoi(p.Name())
-		if err != nil {
-			continue
-		}
-		if comm, err := os.ReadFile("/proc/" + p.Name() + "/comm"); err != nil || string(comm) != want {
-			continue
-		}
-		prio, err := unix.Getpriority(unix.PRIO_PROCESS, pid)
-		if err == nil {
-			err = unix.Setpriority(unix.PRIO_PROCESS, pid, -20)
-		}
-		if err != nil {
-			b.Fatalf("raise priority of ksoftirqd/%d: %v", cpu, err)
-		}
-		b.Cleanup(func() { _ = unix.Setpriority(unix.PRIO_PROCESS, pid, 20-prio) })
+	want := fmt.Sprintf("ksoftirqd/%d", cpu)
+	pids := kernelThreads(b, func(comm string) bool { return comm == want })
+	if len(pids) == 0 {
+		b.Logf("no %s found", want)
 		return
 	}
-	b.Logf("no ksoftirqd/%d found", cpu)
+	pid := pids[0]
+	prio, err := unix.Getpriority(unix.PRIO_PROCESS, pid)
+	if err == nil {
+		err = unix.Setpriority(unix.PRIO_PROCESS, pid, -20)
+	}
+	if err != nil {
+		b.Fatalf("raise priority of %s: %v", want, err)
+	}
+	b.Cleanup(func() { _ = unix.Setpriority(unix.PRIO_PROCESS, pid, 20-prio) })
 }
 
 // claimNAPIThreads gives threaded NAPI pollers (kernel threads named
 // "napi/<device>-<id>") the forwarder CPUs and nice -20, as ksoftirqd: a
 // veth's poller is made anew whenever its XDP program changes.
 func (c *fwdCPUs) claimNAPIThreads(b *testing.B) {
+	for _, pid := range kernelThreads(b, func(comm string) bool { return strings.HasPrefix(comm, "napi/") }) {
+		if err := errors.Join(unix.SchedSetaffinity(pid, &c.rest), unix.Setpriority(unix.PRIO_PROCESS, pid, -20)); err != nil && !errors.Is(err, unix.ESRCH) {
+			b.Logf("NAPI thread %d: %v", pid, err)
+		}
+	}
+}
+
+// kernelThreads lists the processes whose name matches.
+func kernelThreads(b *testing.B, match func(comm string) bool) []int {
 	procs, err := os.ReadDir("/proc")
 	if err != nil {
 		b.Fatal(err)
 	}
+	var pids []int
 	for _, p := range procs {
 		pid, err := strconv.Atoi(p.Name())
 		if err != nil {
 			continue
 		}
-		if comm, err := os.ReadFile("/proc/" + p.Name() + "/comm"); err != nil || !strings.HasPrefix(string(comm), "napi/") {
-			continue
-		}
-		if err := errors.Join(unix.SchedSetaffinity(pid, &c.rest), unix.Setpriority(unix.PRIO_PROCESS, pid, -20)); err != nil && !errors.Is(err, unix.ESRCH) {
-			b.Logf("NAPI thread %d: %v", pid, err)
+		if comm, err := os.ReadFile("/proc/" + p.Name() + "/comm"); err == nil && match(strings.TrimSuffix(string(comm), "\n")) {
+			pids = append(pids, pid)
 		}
 	}
+	return pids
 }
 
 // setAutogroupNice sets the nice value of this process's scheduling

@@ -54,18 +54,7 @@ func TestDMFastChainInNamespaces(t *testing.T) {
 	e := newNetnsEngine(t, dmNS, true, Config{ReturnTimeout: time.Second,
 		Logger: slog.New(slog.NewTextHandler(tLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Events: func(ev Event) { events <- ev }})
-	snapshot := func(chain ...string) Snapshot {
-		return Snapshot{
-			Guests: []GuestRule{
-				{Name: "a", Ready: true, Policy: dmPolicy("protected", chain...), Interfaces: []GuestInterface{{MAC: macA, Port: "ga", Dedicated: true}}},
-				{Name: "b", Ready: true, Interfaces: []GuestInterface{{MAC: macB, Port: "gb", Dedicated: true}}},
-			},
-			Appliances: []ApplianceRule{
-				{Appliance: "ips", Instance: "ips-1", MAC: ipsMAC, Port: "v1", Healthy: true},
-				{Appliance: "fw", Instance: "fw-1", MAC: fwMAC, Port: "v2", Healthy: true},
-			},
-		}
-	}
+	snapshot := func(chain ...string) Snapshot { return lab.snapshot(dmPolicy("protected", chain...)) }
 	if err := e.Update(ctx, snapshot("ips", "fw")); err != nil {
 		t.Fatal(err)
 	}
@@ -261,6 +250,21 @@ type chainLab struct {
 type labAppliance struct {
 	*vsafiltertest.Run
 	ns *netnstest.NS
+}
+
+// snapshot is the lab's rules: a with policy pol, b unmanaged, both
+// appliances healthy.
+func (l *chainLab) snapshot(pol *PolicyRule) Snapshot {
+	return Snapshot{
+		Guests: []GuestRule{
+			{Name: "a", Ready: true, Policy: pol, Interfaces: []GuestInterface{{MAC: l.macA, Port: "ga", Dedicated: true}}},
+			{Name: "b", Ready: true, Interfaces: []GuestInterface{{MAC: l.macB, Port: "gb", Dedicated: true}}},
+		},
+		Appliances: []ApplianceRule{
+			{Appliance: "ips", Instance: "ips-1", MAC: ipsMAC, Port: "v1", Healthy: true},
+			{Appliance: "fw", Instance: "fw-1", MAC: fwMAC, Port: "v2", Healthy: true},
+		},
+	}
 }
 
 func newChainLab(t *testing.T, ctx context.Context, bin string) *chainLab {

@@ -78,16 +78,7 @@ func testFastPathChecksumOffload(t *testing.T, bin string, chain []string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.Close() })
-	if err := e.Update(ctx, Snapshot{
-		Guests: []GuestRule{
-			{Name: "a", Ready: true, Policy: dmPolicy("p", chain...), Interfaces: []GuestInterface{{MAC: lab.macA, Port: "ga", Dedicated: true}}},
-			{Name: "b", Ready: true, Interfaces: []GuestInterface{{MAC: lab.macB, Port: "gb", Dedicated: true}}},
-		},
-		Appliances: []ApplianceRule{
-			{Appliance: "ips", Instance: "ips-1", MAC: ipsMAC, Port: "v1", Healthy: true},
-			{Appliance: "fw", Instance: "fw-1", MAC: fwMAC, Port: "v2", Healthy: true},
-		},
-	}); err != nil {
+	if err := e.Update(ctx, lab.snapshot(dmPolicy("p", chain...))); err != nil {
 		t.Fatal(err)
 	}
 	runEngine(t, ctx, e)

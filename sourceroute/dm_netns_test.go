@@ -126,16 +126,7 @@ func testDMWithVsafilters(t *testing.T, bin string, fast, guestXDP bool) {
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Events: func(ev Event) { events <- ev }})
 	pol := dmPolicy("protected", "ips", "fw")
-	if err := e.Update(ctx, Snapshot{
-		Guests: []GuestRule{
-			{Name: "a", Ready: true, Policy: pol, Interfaces: []GuestInterface{{MAC: macA, Port: "ga", Dedicated: true}}},
-			{Name: "b", Ready: true, Interfaces: []GuestInterface{{MAC: macB, Port: "gb", Dedicated: true}}},
-		},
-		Appliances: []ApplianceRule{
-			{Appliance: "ips", Instance: "ips-1", MAC: ipsMAC, Port: "v1", Healthy: true},
-			{Appliance: "fw", Instance: "fw-1", MAC: fwMAC, Port: "v2", Healthy: true},
-		},
-	}); err != nil {
+	if err := e.Update(ctx, lab.snapshot(pol)); err != nil {
 		t.Fatal(err)
 	}
 	runEngine(t, ctx, e)
