@@ -265,3 +265,20 @@ func topLevelElement(inner, ns, local string) (span, bool, error) {
 		}
 	}
 }
+
+// DivertDomainXML wires the direct interfaces of a starting guest's XML as
+// this backend's Apply wires them live (see the package function).
+func (m *macvtap) DivertDomainXML(doc, port string) (string, bool, error) {
+	return DivertDomainXML(doc, port)
+}
+
+// DivertDomainXML rewrites the direct interfaces when this host diverts
+// them by macvtap. Taps need nothing in the XML (tc-redirect diverts them
+// in the kernel), and without a libvirt connection direct interfaces are
+// not diverted at all, so the XML is kept.
+func (d *byType) DivertDomainXML(doc, port string) (string, bool, error) {
+	if m, ok := d.direct.(*macvtap); ok {
+		return m.DivertDomainXML(doc, port)
+	}
+	return doc, false, nil
+}
