@@ -1,0 +1,215 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/vsagent/vsagent/hypervisor"
+	"github.com/vsagent/vsagent/intercept"
+	"github.com/vsagent/vsagent/internal/config"
+	"github.com/vsagent/vsagent/internal/libvirtlab"
+	"github.com/vsagent/vsagent/internal/netnstest"
+	"github.com/vsagent/vsagent/internal/netnsutil"
+	"github.com/vsagent/vsagent/internal/vsafiltertest"
+)
+
+var sentRound = regexp.MustCompile(`hooktest-sent (\d+)\r`)
+
+// lastRound is the highest round the talking guest's console reports.
+func lastRound(console string) int {
+	b, _ := os.ReadFile(console)
+	high := 0
+	for _, m := range sentRound.FindAllSubmatch(bytes.ReplaceAll(b, []byte{0}, nil), -1) {
+		if n, _ := strconv.Atoi(string(m[1])); n > high {
+			high = n
+		}
+	}
+	return high
+}
+
+// liveDirect is web-1's direct interface as libvirt runs it, and the
+// ifindex of its macvtap in the lab's namespace (a new macvtap, as a
+// hot-plug makes, has a new one).
+func (h *hookHost) liveDirect(t *testing.T, ctx context.Context, uuid string) (*libvirtxml.Domain, intercept.Iface, int) {
+	t.Helper()
+	dom, err := h.conn.DomainXML(ctx, uuid, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ifc := range intercept.InterfacesOf(dom) {
+		if ifc.Type != intercept.TypeDirect {
+			continue
+		}
+		index := 0
+		if err := netnsutil.Do(filepath.Join("/var/run/netns", h.lab.NetNS), func() error {
+			l, err := netlink.LinkByName(ifc.Target)
+			if err == nil {
+				index = l.Attrs().Index
+			}
+			return err
+		}); err != nil {
+			t.Fatalf("macvtap %s of web-1: %v", ifc.Target, err)
+		}
+		return dom, ifc, index
+	}
+	t.Fatalf("web-1 has no direct interface")
+	return nil, intercept.Iface{}, 0
+}
+
+// withoutAssigned is x without what libvirt numbers itself when it plugs
+// an interface in (alias netN, macvtapN): a revert cannot ask for those.
+func withoutAssigned(t *testing.T, x *libvirtxml.DomainInterface) string {
+	t.Helper()
+	c := *x
+	if c.Alias != nil && !strings.HasPrefix(c.Alias.Name, "ua-") {
+		c.Alias = nil
+	}
+	if c.Target != nil && strings.HasPrefix(c.Target.Dev, "macvtap") {
+		c.Target = nil
+	}
+	doc, err := c.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doc
+}
+
+// TestHookRestoreRewiresMacvtapGuest saves a real QEMU guest whose
+// interface is a macvtap (type='direct') in bridge mode on a veth, and
+// restores it on a host whose agent diverts direct interfaces by macvtap.
+// The restore hook hands the agent the saved XML and libvirt restores the
+// rewritten one: the guest comes back with its macvtap already on the
+// DM's port in VEPA mode and its original recorded. Until the agent (kept
+// from seeing libvirt's events) reacts, the running guest reaches nothing:
+// not one frame arrives at its peer. Once it reacts, it adopts the
+// diversion (the same macvtap, no unplug), attaches the chain, and only
+// inspected frames reach the peer. When the guest no longer needs
+// inspection the original interface is restored.
+func TestHookRestoreRewiresMacvtapGuest(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	hookBin := buildHook(t, ctx)
+	h := newHookHostWith(t, ctx, hookBin, hookHostOptions{backend: intercept.BackendMacvtap})
+	parent := netnstest.UniqueName("vp")
+	bridged := netnstest.UniqueName("vq")
+	hostIP(t, "-n", h.lab.NetNS, "link", "add", parent, "type", "veth", "peer", "name", bridged)
+	hostIP(t, "-n", h.lab.NetNS, "link", "set", bridged, "master", "br0", "up")
+	hostIP(t, "-n", h.lab.NetNS, "link", "set", parent, "up")
+
+	// web-1 boots undiverted: the agent does not see it start, and the
+	// macvtap backend cannot hold a guest at start begin. Its frames reach
+	// the peer: this is the window the rewrite at restore must not have.
+	uuid, console := h.startGuestOn(t, ctx, libvirtlab.GuestInterface{Type: "direct", Source: parent, Mode: "bridge"}, talkingScript())
+	bootCtx, bootCancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer bootCancel()
+	waitFor(t, bootCtx, "the guest to boot and send", func() bool { return lastRound(console) >= 10 })
+	waitFor(t, ctx, "undiverted frames of web-1 at the peer", func() bool { return h.atPeer.denied.Load() > 0 })
+	_, original, _ := h.liveDirect(t, ctx, uuid)
+	if original.Source != parent || original.Mode != "bridge" {
+		t.Fatalf("web-1 started on %s in %s mode, want %s, bridge", original.Source, original.Mode, parent)
+	}
+
+	image := filepath.Join(h.dir, "web-1.save")
+	if out, err := exec.CommandContext(ctx, "virsh", "-c", h.lab.URI(), "save", "web-1", image).CombinedOutput(); err != nil {
+		t.Fatalf("virsh save: %v: %s", err, out)
+	}
+	before := lastRound(console)
+	atPeer := h.atPeer.all()
+	unknown := h.dm.Engine().Counters().Drops["unknown_source"]
+	if out, err := exec.CommandContext(ctx, "virsh", "-c", h.lab.URI(), "restore", image).CombinedOutput(); err != nil {
+		t.Fatalf("virsh restore (the hook must allow it): %v: %s", err, out)
+	}
+	if !hasEventFor(h.ag, EventHookRewired, "web-1") {
+		t.Fatal("no hook-rewired event for web-1")
+	}
+	dom, restored, index := h.liveDirect(t, ctx, uuid)
+	if restored.Source != h.dm.cfg.RedirectPort || restored.Mode != "vepa" || restored.Network != parent {
+		t.Fatalf("web-1 restored on %s in %s mode, network %s; want %s, vepa, %s", restored.Source, restored.Mode, restored.Network, h.dm.cfg.RedirectPort, parent)
+	}
+	if dom.Metadata == nil || !strings.Contains(dom.Metadata.XML, intercept.Namespace) {
+		t.Fatal("the restored guest's metadata has no intercept record")
+	}
+
+	// The guest runs and talks, and nothing of it reaches the peer: the DM
+	// does not know it yet and drops its frames.
+	waitFor(t, ctx, "the restored guest to go on sending", func() bool { return lastRound(console) >= before+10 })
+	if st, err := h.conn.Lookup(ctx, uuid); err != nil || st.State != hypervisor.StateRunning {
+		t.Fatalf("web-1 is %v (%v), want running: the agent must not have gated it yet", st.State, err)
+	}
+	if n := h.atPeer.all() - atPeer; n != 0 {
+		t.Fatalf("%d frames of the restored web-1 reached the peer before the agent acted (%s)", n, h.atPeer)
+	}
+	drops := h.dm.Engine().Counters().Drops
+	t.Logf("DM drops before the agent acted: %v", drops)
+	if drops["unknown_source"] == unknown {
+		t.Fatalf("the DM saw nothing of the restored guest: its frames went elsewhere; counters %+v", h.dm.Engine().Counters())
+	}
+
+	// The agent sees the events: it adopts the diversion and attaches the
+	// chain. Only the chain's frames reach the peer.
+	denied, chained := h.atPeer.denied.Load(), h.atPeer.chained()
+	fw := h.startFilter(t, ctx, vsafiltertest.Build(t, ".."))
+	close(h.hv.release)
+	waitFor(t, ctx, "web-1 inspected", func() bool { return h.guestState("web-1") == GuestInspected })
+	waitFor(t, ctx, "pings through the chain at the peer", func() bool { return h.atPeer.echo.Load() >= 5 })
+	waitFor(t, ctx, "SYNs denied by the chain", func() bool { return fw.Counters(t).Appliance.Dropped >= 5 })
+	c := fw.Counters(t).Appliance
+	t.Logf("at the peer %s; fw received %d forwarded %d dropped %d", h.atPeer, c.Received, c.Forwarded, c.Dropped)
+	if d := h.atPeer.denied.Load() - denied; d != 0 {
+		t.Errorf("%d TCP segments to port %d reached the peer after the restore: they bypassed the chain", d, denyPort)
+	}
+	if n := h.atPeer.chained() - chained; n > c.Forwarded {
+		t.Errorf("%d unicast frames of web-1 reached the peer after the restore, but the chain forwarded only %d", n, c.Forwarded)
+	}
+	_, adopted, adoptedIndex := h.liveDirect(t, ctx, uuid)
+	if adopted.Target != restored.Target || adoptedIndex != index || adopted.Source != restored.Source {
+		t.Errorf("the agent rewired web-1 (macvtap %s #%d on %s, was %s #%d on %s): it must adopt the restored diversion",
+			adopted.Target, adoptedIndex, adopted.Source, restored.Target, index, restored.Source)
+	}
+
+	// The guest no longer needs inspection: the operator's interface comes
+	// back, and its record goes.
+	cfgPath := filepath.Join(h.dir, "vsagent-nopolicy.toml")
+	text, err := os.ReadFile(filepath.Join(h.dir, "vsagent.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfgPath, bytes.Replace(text, []byte(`domains = ["web-*"]`), []byte(`domains = ["db-*"]`), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.ag.SetConfig(cfg)
+	waitFor(t, ctx, "web-1 back on its own parent", func() bool {
+		dom, err := h.conn.DomainXML(ctx, uuid, false)
+		if err != nil {
+			return false
+		}
+		for _, ifc := range intercept.InterfacesOf(dom) {
+			if ifc.Type == intercept.TypeDirect && ifc.Source == parent {
+				return true
+			}
+		}
+		return false
+	})
+	dom, back, _ := h.liveDirect(t, ctx, uuid)
+	if got, want := withoutAssigned(t, back.XML), withoutAssigned(t, original.XML); got != want {
+		t.Errorf("revert did not restore web-1's interface:\n got %s\nwant %s", got, want)
+	}
+	if dom.Metadata != nil && strings.Contains(dom.Metadata.XML, intercept.Namespace) {
+		t.Errorf("intercept record left after the revert: %s", dom.Metadata.XML)
+	}
+}
