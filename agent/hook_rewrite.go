@@ -2,8 +2,12 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/vsagent/vsagent/intercept"
 	"github.com/vsagent/vsagent/internal/hookapi"
 )
 
@@ -59,3 +63,44 @@ func (a *Agent) HookRewrite(ctx context.Context, g hookapi.Guest, doc string) (s
 
 // The hook handler asks the agent to rewrite incoming XML.
 var _ hookapi.Rewriter = (*Agent)(nil)
+
+// startHolder is an intercept backend that can keep a direct interface from
+// carrying frames at start begin with the kernel alone (see
+// intercept's macvtap HoldAtStart).
+type startHolder interface {
+	HoldAtStart(ctx context.Context, ifc intercept.Iface, port string) error
+}
+
+// holdDirectAtStart holds each direct interface of a starting guest on its
+// macvtap, when the backend can, and returns the guest's domain without
+// them: what is left is for the DM's hold (taps, which tc-redirect diverts
+// without libvirt). A direct interface the backend cannot hold stays in
+// what is returned, so that the DM's hold refuses it as before.
+func (a *Agent) holdDirectAtStart(ctx context.Context, dm *DistributionManager, g hookapi.Guest) (*libvirtxml.Domain, error) {
+	h, ok := dm.cfg.Backend.(startHolder)
+	if !ok || g.Domain.Devices == nil {
+		return g.Domain, nil
+	}
+	rest, devices := *g.Domain, *g.Domain.Devices
+	devices.Interfaces = nil
+	rest.Devices = &devices
+	held := 0
+	for i, ifc := range intercept.InterfacesOf(g.Domain) {
+		if ifc.Type == intercept.TypeDirect {
+			err := h.HoldAtStart(ctx, ifc, dm.cfg.RedirectPort)
+			if err == nil {
+				held++
+				continue
+			}
+			if !errors.Is(err, intercept.ErrUnsupported) {
+				return nil, err
+			}
+		}
+		devices.Interfaces = append(devices.Interfaces, g.Domain.Devices.Interfaces[i])
+	}
+	if held > 0 {
+		a.recordEvent(Event{Kind: EventHookHeld, Guest: g.Domain.Name,
+			Message: "direct interfaces redirect every frame to the distribution manager until they are diverted"})
+	}
+	return &rest, nil
+}

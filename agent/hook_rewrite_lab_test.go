@@ -87,10 +87,11 @@ func withoutAssigned(t *testing.T, x *libvirtxml.DomainInterface) string {
 
 // TestHookRestoreRewiresMacvtapGuest saves a real QEMU guest whose
 // interface is a macvtap (type='direct') in bridge mode on a veth, and
-// restores it on a host whose agent diverts direct interfaces by macvtap.
-// The restore hook hands the agent the saved XML and libvirt restores the
-// rewritten one: the guest comes back with its macvtap already on the
-// DM's port in VEPA mode and its original recorded. Until the agent (kept
+// restores it, on a host whose agent diverts direct interfaces by macvtap.
+// The restore hook hands the agent the saved XML, with the operator's
+// interface, and libvirt restores the rewritten one: the guest comes back
+// with its macvtap already on the DM's port in VEPA mode and its original
+// recorded. Until the agent (kept
 // from seeing libvirt's events) reacts, the running guest reaches nothing:
 // not one frame arrives at its peer. Once it reacts, it adopts the
 // diversion (the same macvtap, no unplug), attaches the chain, and only
@@ -99,22 +100,15 @@ func withoutAssigned(t *testing.T, x *libvirtxml.DomainInterface) string {
 func TestHookRestoreRewiresMacvtapGuest(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
-	hookBin := buildHook(t, ctx)
-	h := newHookHostWith(t, ctx, hookBin, hookHostOptions{backend: intercept.BackendMacvtap})
-	parent := netnstest.UniqueName("vp")
-	bridged := netnstest.UniqueName("vq")
-	hostIP(t, "-n", h.lab.NetNS, "link", "add", parent, "type", "veth", "peer", "name", bridged)
-	hostIP(t, "-n", h.lab.NetNS, "link", "set", bridged, "master", "br0", "up")
-	hostIP(t, "-n", h.lab.NetNS, "link", "set", parent, "up")
+	h, parent := newMacvtapHookHost(t, ctx)
 
-	// web-1 boots undiverted: the agent does not see it start, and the
-	// macvtap backend cannot hold a guest at start begin. Its frames reach
-	// the peer: this is the window the rewrite at restore must not have.
+	// web-1 boots with its own interface, held on its macvtap by the start
+	// hook (the agent does not see it start): saved now, its image holds
+	// the operator's interface.
 	uuid, console := h.startGuestOn(t, ctx, libvirtlab.GuestInterface{Type: "direct", Source: parent, Mode: "bridge"}, talkingScript())
 	bootCtx, bootCancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer bootCancel()
 	waitFor(t, bootCtx, "the guest to boot and send", func() bool { return lastRound(console) >= 10 })
-	waitFor(t, ctx, "undiverted frames of web-1 at the peer", func() bool { return h.atPeer.denied.Load() > 0 })
 	_, original, _ := h.liveDirect(t, ctx, uuid)
 	if original.Source != parent || original.Mode != "bridge" {
 		t.Fatalf("web-1 started on %s in %s mode, want %s, bridge", original.Source, original.Mode, parent)
@@ -211,5 +205,64 @@ func TestHookRestoreRewiresMacvtapGuest(t *testing.T) {
 	}
 	if dom.Metadata != nil && strings.Contains(dom.Metadata.XML, intercept.Namespace) {
 		t.Errorf("intercept record left after the revert: %s", dom.Metadata.XML)
+	}
+}
+
+// newMacvtapHookHost is a hook host whose agent diverts direct interfaces
+// by macvtap, with parent, a veth whose other end is on br0 (the peer's
+// segment), for web-1's macvtap.
+func newMacvtapHookHost(t *testing.T, ctx context.Context) (h *hookHost, parent string) {
+	h = newHookHostWith(t, ctx, buildHook(t, ctx), hookHostOptions{backend: intercept.BackendMacvtap})
+	parent = netnstest.UniqueName("vp")
+	bridged := netnstest.UniqueName("vq")
+	hostIP(t, "-n", h.lab.NetNS, "link", "add", parent, "type", "veth", "peer", "name", bridged)
+	hostIP(t, "-n", h.lab.NetNS, "link", "set", bridged, "master", "br0", "up")
+	hostIP(t, "-n", h.lab.NetNS, "link", "set", parent, "up")
+	return h, parent
+}
+
+// TestHookHoldsMacvtapGuestBeforeItsVCPUsRun starts a real QEMU guest on a
+// macvtap with the hook installed, while the agent is kept from seeing
+// libvirt's events: the start hook holds the macvtap in the kernel, and
+// the running, talking guest gets not one frame to its peer. Once the agent
+// reacts it diverts the interface onto the DM's port.
+func TestHookHoldsMacvtapGuestBeforeItsVCPUsRun(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	h, parent := newMacvtapHookHost(t, ctx)
+	uuid, console := h.startGuestOn(t, ctx, libvirtlab.GuestInterface{Type: "direct", Source: parent, Mode: "bridge"}, talkingScript())
+	bootCtx, bootCancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer bootCancel()
+	waitFor(t, bootCtx, "the guest to boot and send", func() bool { return lastRound(console) >= 15 })
+	if st, err := h.conn.Lookup(ctx, uuid); err != nil || st.State != hypervisor.StateRunning {
+		t.Fatalf("web-1 is %v (%v), want running: the agent must not have gated it yet", st.State, err)
+	}
+	if !hasEventFor(h.ag, EventHookHeld, "web-1") {
+		t.Fatal("no hook-held event for web-1")
+	}
+	if n := h.atPeer.all(); n != 0 {
+		t.Fatalf("%d frames of web-1 reached the peer before the agent acted (%s)", n, h.atPeer)
+	}
+	drops := h.dm.Engine().Counters().Drops
+	t.Logf("DM drops while held: %v", drops)
+	if drops["unknown_source"] == 0 {
+		t.Fatalf("the DM saw nothing of the held guest: its frames went elsewhere; counters %+v", h.dm.Engine().Counters())
+	}
+
+	h.startFilter(t, ctx, vsafiltertest.Build(t, ".."))
+	close(h.hv.release)
+	waitFor(t, ctx, "web-1 inspected and diverted", func() bool {
+		if h.guestState("web-1") != GuestInspected {
+			return false
+		}
+		dom, err := h.conn.DomainXML(ctx, uuid, false)
+		if err != nil {
+			return false
+		}
+		ifc := intercept.InterfacesOf(dom)
+		return len(ifc) == 1 && ifc[0].Source == h.dm.cfg.RedirectPort && ifc[0].Mode == "vepa"
+	})
+	if n := h.atPeer.denied.Load(); n != 0 {
+		t.Errorf("%d TCP segments to port %d reached the peer: they bypassed the chain", n, denyPort)
 	}
 }
