@@ -18,6 +18,7 @@ import (
 	"github.com/vsagent/vsagent/hypervisor"
 	"github.com/vsagent/vsagent/intercept"
 	"github.com/vsagent/vsagent/internal/config"
+	"github.com/vsagent/vsagent/internal/hookapi"
 	"github.com/vsagent/vsagent/internal/libvirtlab"
 	"github.com/vsagent/vsagent/internal/netnstest"
 	"github.com/vsagent/vsagent/internal/netnsutil"
@@ -265,4 +266,116 @@ func TestHookHoldsMacvtapGuestBeforeItsVCPUsRun(t *testing.T) {
 	if n := h.atPeer.denied.Load(); n != 0 {
 		t.Errorf("%d TCP segments to port %d reached the peer: they bypassed the chain", n, denyPort)
 	}
+}
+
+// withoutPolicyFor makes h's agent see web-1 as a guest without a policy,
+// as on a host where nothing needs inspecting it.
+func (h *hookHost) withoutPolicyFor(t *testing.T) {
+	t.Helper()
+	text, err := os.ReadFile(filepath.Join(h.dir, "vsagent.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(h.dir, "vsagent-nopolicy.toml")
+	if err := os.WriteFile(path, bytes.Replace(text, []byte(`domains = ["web-*"]`), []byte(`domains = ["db-*"]`), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.ag.SetConfig(cfg)
+}
+
+// TestHookMigrationRewiresMacvtapGuest live-migrates a talking guest on a
+// macvtap from a host where it needs no inspection (so it runs on its own
+// parent there) to one where it does and the agent diverts direct
+// interfaces by macvtap. The destination's migrate hook rewires it in the
+// incoming XML: it arrives on the DM's port, reaches nothing before the
+// destination's agent reacts, and is then adopted (same macvtap) and
+// inspected.
+func TestHookMigrationRewiresMacvtapGuest(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	src, parent := newMacvtapHookHost(t, ctx)
+	dst, _ := newMacvtapHookHost(t, ctx)
+	src.withoutPolicyFor(t)
+	close(src.hv.release)
+	uuid, console := src.startGuestOn(t, ctx, libvirtlab.GuestInterface{Type: "direct", Source: parent, Mode: "bridge"}, talkingScript())
+	bootCtx, bootCancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer bootCancel()
+	waitFor(t, bootCtx, "the guest to talk to the source's peer", func() bool { return src.atPeer.echo.Load() > 0 })
+
+	// The destination's appliance is provisioned first, as its prepare hook
+	// would, and boots before the migration: a TCG guest migrated while
+	// another boots on the same two cores may stop sending (hooks.md, "TCG
+	// guests do not always survive live migration here").
+	def, err := src.conn.DomainXML(ctx, uuid, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := def.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := hookapi.ResolveGuest(dst.ag.Config(), hookapi.Request{Domain: "web-1", XML: doc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.ag.HookPrepare(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, "the destination's appliance running", func() bool {
+		for _, a := range dst.ag.Appliances() {
+			if d, err := dst.conn.Lookup(ctx, a.UUID); err == nil && d.State == hypervisor.StateRunning {
+				return true
+			}
+		}
+		return false
+	})
+	booted := lastRound(console) + 50
+	waitFor(t, ctx, "the guest to go on talking while the appliance boots", func() bool { return lastRound(console) >= booted })
+
+	mig := filepath.Join(t.TempDir(), "mig.sock")
+	out, err := exec.CommandContext(ctx, "virsh", "-c", src.lab.URI(), "migrate", "--live", "--persistent", "--undefinesource",
+		"web-1", dst.lab.URI(), "--migrateuri", "unix://"+mig).CombinedOutput()
+	if err != nil {
+		t.Fatalf("migrate: %v: %s", err, out)
+	}
+	if !hasEventFor(dst.ag, EventHookRewired, "web-1") {
+		t.Fatal("the destination's migrate hook did not rewire web-1")
+	}
+	dom, arrived, index := dst.liveDirect(t, ctx, uuid)
+	if arrived.Source != dst.dm.cfg.RedirectPort || arrived.Mode != "vepa" || arrived.Network != parent {
+		t.Fatalf("web-1 arrived on %s in %s mode, network %s; want %s, vepa, %s", arrived.Source, arrived.Mode, arrived.Network, dst.dm.cfg.RedirectPort, parent)
+	}
+	if dom.Metadata == nil || !strings.Contains(dom.Metadata.XML, intercept.Namespace) {
+		t.Fatal("the migrated guest's metadata has no intercept record")
+	}
+	before := lastRound(console)
+	waitFor(t, ctx, "the migrated guest to go on sending", func() bool { return lastRound(console) >= before+10 })
+	if n := dst.atPeer.all(); n != 0 {
+		t.Fatalf("%d frames of the migrated web-1 reached the destination's peer before its agent acted (%s)", n, dst.atPeer)
+	}
+	if d := dst.dm.Engine().Counters().Drops; d["unknown_source"] == 0 {
+		t.Fatalf("the destination's DM saw nothing of the migrated guest; drops %v", d)
+	}
+
+	fw := dst.startFilter(t, ctx, vsafiltertest.Build(t, ".."))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("destination DM counters: %+v; flows %+v", dst.dm.Engine().Counters(), dst.dm.Engine().Flows("web-1"))
+			t.Logf("destination fw counters: %+v", fw.Counters(t).Appliance)
+		}
+	})
+	close(dst.hv.release)
+	chainCtx, chainCancel := context.WithTimeout(ctx, 90*time.Second)
+	defer chainCancel()
+	waitFor(t, chainCtx, "web-1 inspected on the destination", func() bool { return dst.guestState("web-1") == GuestInspected })
+	dst.checkChained(t, chainCtx, fw)
+	if _, adopted, adoptedIndex := dst.liveDirect(t, ctx, uuid); adopted.Target != arrived.Target || adoptedIndex != index {
+		t.Errorf("the destination's agent rewired web-1 (macvtap %s #%d, arrived as %s #%d): it must adopt the migrated diversion",
+			adopted.Target, adoptedIndex, arrived.Target, index)
+	}
+	waitFor(t, ctx, "the source to forget web-1", func() bool { return src.guestState("web-1") == "" })
 }
