@@ -39,6 +39,36 @@ func lastRound(console string) int {
 	return high
 }
 
+// startTalkingDirectGuest starts the talking web-1 (talkingScript) on a
+// macvtap on parent in bridge mode and waits until it has sent rounds
+// rounds.
+func (h *hookHost) startTalkingDirectGuest(t *testing.T, ctx context.Context, parent string, rounds int) (uuid, console string) {
+	uuid, console = h.startGuestOn(t, ctx, libvirtlab.GuestInterface{Type: "direct", Source: parent, Mode: "bridge"}, talkingScript())
+	bootCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	waitFor(t, bootCtx, "the guest to boot and send", func() bool { return lastRound(console) >= rounds })
+	return uuid, console
+}
+
+// checkNothingReached checks that web-1 runs, that none of its frames
+// reached h's peer since it had seen peerBefore of them, and that the DM
+// dropped some as from an unknown source (more than unknownBefore): its
+// frames arrive at the DM, which does not know the guest yet.
+func (h *hookHost) checkNothingReached(t *testing.T, ctx context.Context, uuid string, peerBefore, unknownBefore uint64) {
+	t.Helper()
+	if st, err := h.conn.Lookup(ctx, uuid); err != nil || st.State != hypervisor.StateRunning {
+		t.Fatalf("web-1 is %v (%v), want running: the agent must not have gated it yet", st.State, err)
+	}
+	if n := h.atPeer.all() - peerBefore; n != 0 {
+		t.Fatalf("%d frames of web-1 reached the peer before the agent acted (%s)", n, h.atPeer)
+	}
+	drops := h.dm.Engine().Counters().Drops
+	t.Logf("%s: DM drops before the agent acted: %v", h.lab.Name, drops)
+	if drops["unknown_source"] <= unknownBefore {
+		t.Fatalf("the DM saw nothing of web-1: its frames went elsewhere; counters %+v", h.dm.Engine().Counters())
+	}
+}
+
 // liveDirect is web-1's direct interface as libvirt runs it, and the
 // ifindex of its macvtap in the lab's namespace (a new macvtap, as a
 // hot-plug makes, has a new one).
@@ -106,10 +136,7 @@ func TestHookRestoreRewiresMacvtapGuest(t *testing.T) {
 	// web-1 boots with its own interface, held on its macvtap by the start
 	// hook (the agent does not see it start): saved now, its image holds
 	// the operator's interface.
-	uuid, console := h.startGuestOn(t, ctx, libvirtlab.GuestInterface{Type: "direct", Source: parent, Mode: "bridge"}, talkingScript())
-	bootCtx, bootCancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer bootCancel()
-	waitFor(t, bootCtx, "the guest to boot and send", func() bool { return lastRound(console) >= 10 })
+	uuid, console := h.startTalkingDirectGuest(t, ctx, parent, 10)
 	_, original, _ := h.liveDirect(t, ctx, uuid)
 	if original.Source != parent || original.Mode != "bridge" {
 		t.Fatalf("web-1 started on %s in %s mode, want %s, bridge", original.Source, original.Mode, parent)
@@ -139,17 +166,7 @@ func TestHookRestoreRewiresMacvtapGuest(t *testing.T) {
 	// The guest runs and talks, and nothing of it reaches the peer: the DM
 	// does not know it yet and drops its frames.
 	waitFor(t, ctx, "the restored guest to go on sending", func() bool { return lastRound(console) >= before+10 })
-	if st, err := h.conn.Lookup(ctx, uuid); err != nil || st.State != hypervisor.StateRunning {
-		t.Fatalf("web-1 is %v (%v), want running: the agent must not have gated it yet", st.State, err)
-	}
-	if n := h.atPeer.all() - atPeer; n != 0 {
-		t.Fatalf("%d frames of the restored web-1 reached the peer before the agent acted (%s)", n, h.atPeer)
-	}
-	drops := h.dm.Engine().Counters().Drops
-	t.Logf("DM drops before the agent acted: %v", drops)
-	if drops["unknown_source"] == unknown {
-		t.Fatalf("the DM saw nothing of the restored guest: its frames went elsewhere; counters %+v", h.dm.Engine().Counters())
-	}
+	h.checkNothingReached(t, ctx, uuid, atPeer, unknown)
 
 	// The agent sees the events: it adopts the diversion and attaches the
 	// chain. Only the chain's frames reach the peer.
@@ -175,19 +192,7 @@ func TestHookRestoreRewiresMacvtapGuest(t *testing.T) {
 
 	// The guest no longer needs inspection: the operator's interface comes
 	// back, and its record goes.
-	cfgPath := filepath.Join(h.dir, "vsagent-nopolicy.toml")
-	text, err := os.ReadFile(filepath.Join(h.dir, "vsagent.toml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(cfgPath, bytes.Replace(text, []byte(`domains = ["web-*"]`), []byte(`domains = ["db-*"]`), 1), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.ag.SetConfig(cfg)
+	h.withoutPolicyFor(t)
 	waitFor(t, ctx, "web-1 back on its own parent", func() bool {
 		dom, err := h.conn.DomainXML(ctx, uuid, false)
 		if err != nil {
@@ -231,24 +236,11 @@ func TestHookHoldsMacvtapGuestBeforeItsVCPUsRun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	h, parent := newMacvtapHookHost(t, ctx)
-	uuid, console := h.startGuestOn(t, ctx, libvirtlab.GuestInterface{Type: "direct", Source: parent, Mode: "bridge"}, talkingScript())
-	bootCtx, bootCancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer bootCancel()
-	waitFor(t, bootCtx, "the guest to boot and send", func() bool { return lastRound(console) >= 15 })
-	if st, err := h.conn.Lookup(ctx, uuid); err != nil || st.State != hypervisor.StateRunning {
-		t.Fatalf("web-1 is %v (%v), want running: the agent must not have gated it yet", st.State, err)
-	}
+	uuid, _ := h.startTalkingDirectGuest(t, ctx, parent, 15)
 	if !hasEventFor(h.ag, EventHookHeld, "web-1") {
 		t.Fatal("no hook-held event for web-1")
 	}
-	if n := h.atPeer.all(); n != 0 {
-		t.Fatalf("%d frames of web-1 reached the peer before the agent acted (%s)", n, h.atPeer)
-	}
-	drops := h.dm.Engine().Counters().Drops
-	t.Logf("DM drops while held: %v", drops)
-	if drops["unknown_source"] == 0 {
-		t.Fatalf("the DM saw nothing of the held guest: its frames went elsewhere; counters %+v", h.dm.Engine().Counters())
-	}
+	h.checkNothingReached(t, ctx, uuid, 0, 0)
 
 	h.startFilter(t, ctx, vsafiltertest.Build(t, ".."))
 	close(h.hv.release)
@@ -301,10 +293,8 @@ func TestHookMigrationRewiresMacvtapGuest(t *testing.T) {
 	dst, _ := newMacvtapHookHost(t, ctx)
 	src.withoutPolicyFor(t)
 	close(src.hv.release)
-	uuid, console := src.startGuestOn(t, ctx, libvirtlab.GuestInterface{Type: "direct", Source: parent, Mode: "bridge"}, talkingScript())
-	bootCtx, bootCancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer bootCancel()
-	waitFor(t, bootCtx, "the guest to talk to the source's peer", func() bool { return src.atPeer.echo.Load() > 0 })
+	uuid, console := src.startTalkingDirectGuest(t, ctx, parent, 1)
+	waitFor(t, ctx, "the guest to talk to the source's peer", func() bool { return src.atPeer.echo.Load() > 0 })
 
 	// The destination's appliance is provisioned first, as its prepare hook
 	// would, and boots before the migration: a TCG guest migrated while
@@ -354,12 +344,7 @@ func TestHookMigrationRewiresMacvtapGuest(t *testing.T) {
 	}
 	before := lastRound(console)
 	waitFor(t, ctx, "the migrated guest to go on sending", func() bool { return lastRound(console) >= before+10 })
-	if n := dst.atPeer.all(); n != 0 {
-		t.Fatalf("%d frames of the migrated web-1 reached the destination's peer before its agent acted (%s)", n, dst.atPeer)
-	}
-	if d := dst.dm.Engine().Counters().Drops; d["unknown_source"] == 0 {
-		t.Fatalf("the destination's DM saw nothing of the migrated guest; drops %v", d)
-	}
+	dst.checkNothingReached(t, ctx, uuid, 0, 0)
 
 	fw := dst.startFilter(t, ctx, vsafiltertest.Build(t, ".."))
 	t.Cleanup(func() {

@@ -121,26 +121,15 @@ func TestMacvtapStartWindowHold(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	def, err := libvirtlab.GuestDomain("g", img, libvirtlab.GuestOptions{
-		ConsoleLog: filepath.Join(lab.Dir, "g.console"),
-		Interfaces: []libvirtlab.GuestInterface{{Type: "direct", Source: "vp0", Mode: "bridge", MAC: guestMAC.String(), Address: guestIP + "/24"}},
-		Cmdline:    libvirtlab.GuestRun("while :; do ping -c 1 -W 1 " + hostIP + " >/dev/null 2>&1; echo window-ping; sleep 0.2; done\n"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	conn, err := hypervisor.Connect(ctx, lab.URI(), hypervisor.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	dom, err := conn.Define(ctx, def)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := conn.Start(ctx, dom.UUID); err != nil {
-		t.Fatal(err)
-	}
+	startLabGuestWith(ctx, t, lab, conn, img, libvirtlab.GuestOptions{
+		Interfaces: []libvirtlab.GuestInterface{{Type: "direct", Source: "vp0", Mode: "bridge", MAC: guestMAC.String(), Address: guestIP + "/24"}},
+		Cmdline:    libvirtlab.GuestRun("while :; do ping -c 1 -W 1 " + hostIP + " >/dev/null 2>&1; echo window-ping; sleep 0.2; done\n"),
+	})
 	console := filepath.Join(lab.Dir, "g.console")
 	deadline := time.Now().Add(2 * time.Minute)
 	for atSink.Load() < 20 && time.Now().Before(deadline) {
@@ -149,8 +138,7 @@ func TestMacvtapStartWindowHold(t *testing.T) {
 	b, _ := os.ReadFile(logPath)
 	t.Logf("phases:\n%s", b)
 	if atSink.Load() < 20 {
-		c, _ := os.ReadFile(console)
-		t.Fatalf("only %d frames of the guest at the sink\nconsole:\n%s", atSink.Load(), c[max(0, len(c)-4096):])
+		t.Fatalf("only %d frames of the guest at the sink\nconsole:\n%s", atSink.Load(), labConsole(lab))
 	}
 	phases := string(b)
 	for _, want := range []string{"start begin pid=none named=[macvtap", "held macvtap", "started begin pid="} {
