@@ -69,6 +69,25 @@ func (h *hookHost) checkNothingReached(t *testing.T, ctx context.Context, uuid s
 	}
 }
 
+// checkArrivedRewired checks that the hook rewired web-1 as it arrived on
+// h (restore or migration): its direct interface runs on the DM's port in
+// VEPA mode, in the network of its original parent, recorded in its
+// metadata. It returns the interface and its macvtap's ifindex.
+func (h *hookHost) checkArrivedRewired(t *testing.T, ctx context.Context, uuid, parent string) (intercept.Iface, int) {
+	t.Helper()
+	if !hasEventFor(h.ag, EventHookRewired, "web-1") {
+		t.Fatalf("%s: no hook-rewired event for web-1", h.lab.Name)
+	}
+	dom, ifc, index := h.liveDirect(t, ctx, uuid)
+	if ifc.Source != h.dm.cfg.RedirectPort || ifc.Mode != "vepa" || ifc.Network != parent {
+		t.Fatalf("web-1 arrived on %s in %s mode, network %s; want %s, vepa, %s", ifc.Source, ifc.Mode, ifc.Network, h.dm.cfg.RedirectPort, parent)
+	}
+	if dom.Metadata == nil || !strings.Contains(dom.Metadata.XML, intercept.Namespace) {
+		t.Fatal("web-1 arrived without an intercept record in its metadata")
+	}
+	return ifc, index
+}
+
 // liveDirect is web-1's direct interface as libvirt runs it, and the
 // ifindex of its macvtap in the lab's namespace (a new macvtap, as a
 // hot-plug makes, has a new one).
@@ -152,16 +171,7 @@ func TestHookRestoreRewiresMacvtapGuest(t *testing.T) {
 	if out, err := exec.CommandContext(ctx, "virsh", "-c", h.lab.URI(), "restore", image).CombinedOutput(); err != nil {
 		t.Fatalf("virsh restore (the hook must allow it): %v: %s", err, out)
 	}
-	if !hasEventFor(h.ag, EventHookRewired, "web-1") {
-		t.Fatal("no hook-rewired event for web-1")
-	}
-	dom, restored, index := h.liveDirect(t, ctx, uuid)
-	if restored.Source != h.dm.cfg.RedirectPort || restored.Mode != "vepa" || restored.Network != parent {
-		t.Fatalf("web-1 restored on %s in %s mode, network %s; want %s, vepa, %s", restored.Source, restored.Mode, restored.Network, h.dm.cfg.RedirectPort, parent)
-	}
-	if dom.Metadata == nil || !strings.Contains(dom.Metadata.XML, intercept.Namespace) {
-		t.Fatal("the restored guest's metadata has no intercept record")
-	}
+	restored, index := h.checkArrivedRewired(t, ctx, uuid, parent)
 
 	// The guest runs and talks, and nothing of it reaches the peer: the DM
 	// does not know it yet and drops its frames.
@@ -332,16 +342,7 @@ func TestHookMigrationRewiresMacvtapGuest(t *testing.T) {
 	if err != nil {
 		t.Fatalf("migrate: %v: %s", err, out)
 	}
-	if !hasEventFor(dst.ag, EventHookRewired, "web-1") {
-		t.Fatal("the destination's migrate hook did not rewire web-1")
-	}
-	dom, arrived, index := dst.liveDirect(t, ctx, uuid)
-	if arrived.Source != dst.dm.cfg.RedirectPort || arrived.Mode != "vepa" || arrived.Network != parent {
-		t.Fatalf("web-1 arrived on %s in %s mode, network %s; want %s, vepa, %s", arrived.Source, arrived.Mode, arrived.Network, dst.dm.cfg.RedirectPort, parent)
-	}
-	if dom.Metadata == nil || !strings.Contains(dom.Metadata.XML, intercept.Namespace) {
-		t.Fatal("the migrated guest's metadata has no intercept record")
-	}
+	arrived, index := dst.checkArrivedRewired(t, ctx, uuid, parent)
 	before := lastRound(console)
 	waitFor(t, ctx, "the migrated guest to go on sending", func() bool { return lastRound(console) >= before+10 })
 	dst.checkNothingReached(t, ctx, uuid, 0, 0)
