@@ -351,7 +351,7 @@ func TestHandlerRewrite(t *testing.T) {
 		{name: "no policy, unchanged", failure: "closed", op: OpRestore, dom: "db-1", want: Allow},
 		{name: "start is not rewritten", failure: "closed", op: OpStart, dom: "web-1", want: Allow, wantCall: "start web-1 web"},
 		{name: "rewrite fails, closed", failure: "closed", op: OpMigrate, dom: "web-1", rewriteErr: errors.New("unreadable record"), want: Refuse,
-			wantMsg: `refusing migrate of guest web-1: it needs inspection (policy "web") and its interfaces cannot be wired to the intercept path in its XML: unreadable record; hook_failure is "closed"`,
+			wantMsg:  `refusing migrate of guest web-1: it needs inspection (policy "web") and its interfaces cannot be wired to the intercept path in its XML: unreadable record; hook_failure is "closed"`,
 			wantCall: "rewrite web-1 web"},
 		{name: "rewrite fails, open", failure: "open", op: OpRestore, dom: "web-1", rewriteErr: errors.New("unreadable record"), want: Allow,
 			wantMsg: `guest web-1 proceeds to restore although it needs inspection`, wantCall: "rewrite web-1 web"},
