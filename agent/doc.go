@@ -7,8 +7,10 @@
 // recreates from their templates instances that stopped, crashed or went
 // silent (docs/elasticity.md). It
 // also answers libvirt's qemu hook (through cmd/vsagent-hook) so that a
-// starting or incoming guest is held in the distribution manager before its
-// vCPUs run (docs/hooks.md).
+// starting or incoming guest is held before its vCPUs run (taps in the
+// distribution manager, macvtaps in the kernel), and so that an incoming
+// guest's direct interfaces arrive already diverted, rewritten in its XML
+// (docs/hooks.md).
 //
 // It works level-triggered: every work item re-reads the domain from libvirt,
 // so a lost event is harmless. It must never destroy, undefine or modify a

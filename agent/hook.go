@@ -42,9 +42,10 @@ func (a *Agent) HookPrepare(ctx context.Context, g hookapi.Guest) error {
 // guest is held in the dataplane, so the first frame its vCPUs send is
 // dropped, not forwarded, until the gate after STARTED attaches its chain.
 //
-// Only a backend that diverts without calling libvirt can do this: libvirt
-// holds the domain's job while the hook runs, so a libvirt call about this
-// guest would wait for the hook that waits for it. With another backend the
+// Only what diverts without calling libvirt can do this: libvirt holds the
+// domain's job while the hook runs, so a libvirt call about this guest would
+// wait for the hook that waits for it. Direct interfaces are held on their
+// macvtaps (holdDirectAtStart), taps by tc-redirect. With another backend the
 // start proceeds and only the gate after STARTED protects the guest: its
 // window stays open, which is logged rather than refused, since refusing
 // would make every inspected guest unstartable.
@@ -55,14 +56,18 @@ func (a *Agent) HookStart(ctx context.Context, g hookapi.Guest) error {
 		log.Warn("no distribution manager to hold the guest before it runs; relying on the gate after STARTED")
 		return nil
 	}
+	rest, err := a.holdDirectAtStart(ctx, dm, g)
+	if err != nil {
+		return fmt.Errorf("hold %s in the kernel: %w", g.Domain.Name, err)
+	}
+	if len(intercept.InterfacesOf(rest)) == 0 {
+		return nil
+	}
 	if name := dm.cfg.Backend.Name(); name != intercept.BackendTCRedirect {
 		log.Warn("the intercept backend rewires interfaces through libvirt and cannot hold the guest before it runs; relying on the gate after STARTED", "backend", name)
 		return nil
 	}
-	plan := GuestPlan{UUID: g.Domain.UUID, Name: g.Domain.Name, Policy: g.Resolution.Policy, Domain: g.Domain}
-	if len(intercept.InterfacesOf(g.Domain)) == 0 {
-		return nil
-	}
+	plan := GuestPlan{UUID: g.Domain.UUID, Name: g.Domain.Name, Policy: g.Resolution.Policy, Domain: rest}
 	if err := dm.Hold(ctx, plan); err != nil {
 		return fmt.Errorf("hold %s in the dataplane: %w", g.Domain.Name, err)
 	}

@@ -234,6 +234,9 @@ type hookHostOptions struct {
 	// listenTCP lets another host's libvirtd reach this one (peer-to-peer
 	// migration).
 	listenTCP bool
+	// backend, if set, is the host's [intercept] backend, built as
+	// intercept.ForHost builds it with the host's libvirt connection.
+	backend string
 }
 
 var (
@@ -346,6 +349,9 @@ domains = ["web-*"]
 		t.Fatal(err)
 	}
 	backend, err := intercept.New(intercept.BackendTCRedirect, intercept.Deps{NetNS: labPath, Logger: quietLogger()})
+	if opts.backend != "" {
+		backend, err = intercept.ForHost(opts.backend, intercept.Deps{NetNS: labPath, Logger: quietLogger(), Domains: h.conn})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -391,16 +397,7 @@ domains = ["web-*"]
 // and opens TCP connections to denyPort five times a second as soon as its
 // interface has an address; sent(n) reports whether round n was reached.
 func (h *hookHost) startTalkingGuest(t *testing.T, ctx context.Context) (uuid string, sent func(n int) func() bool) {
-	uuid, console := h.startGuest(t, ctx, fmt.Sprintf(`ip neigh replace 10.77.0.9 lladdr %s dev eth0
-i=0
-while [ $i -lt 2000 ]; do
-	i=$((i+1))
-	ping -c 1 -W 1 10.77.0.9 >/dev/null 2>&1 &
-	nc -w 1 10.77.0.9 %d </dev/null >/dev/null 2>&1 &
-	echo "hooktest-sent $i"
-	sleep 0.2
-done
-`, peerMAC, denyPort))
+	uuid, console := h.startGuest(t, ctx, talkingScript())
 	return uuid, func(n int) func() bool {
 		return func() bool {
 			b, _ := os.ReadFile(console)
@@ -410,10 +407,32 @@ done
 	}
 }
 
+// talkingScript pings the peer and opens a TCP connection to denyPort five
+// times a second, and counts the rounds on the console.
+func talkingScript() string {
+	return fmt.Sprintf(`ip neigh replace 10.77.0.9 lladdr %s dev eth0
+i=0
+while [ $i -lt 2000 ]; do
+	i=$((i+1))
+	ping -c 1 -W 1 10.77.0.9 >/dev/null 2>&1 &
+	nc -w 1 10.77.0.9 %d </dev/null >/dev/null 2>&1 &
+	echo "hooktest-sent $i"
+	sleep 0.2
+done
+`, peerMAC, denyPort)
+}
+
 // startGuest defines and starts web-1 on br0 at 10.77.0.2 with script run
 // by its init once its interface has its address; it returns the domain's
 // UUID and the file its serial console goes to.
 func (h *hookHost) startGuest(t *testing.T, ctx context.Context, script string) (uuid, console string) {
+	return h.startGuestOn(t, ctx, libvirtlab.GuestInterface{Type: "bridge", Source: "br0", Target: netnstest.UniqueName("t")}, script)
+}
+
+// startGuestOn is startGuest with the interface nic (its MAC and address
+// are web-1's).
+func (h *hookHost) startGuestOn(t *testing.T, ctx context.Context, nic libvirtlab.GuestInterface, script string) (uuid, console string) {
+	nic.MAC, nic.Address = guestMAC.String(), "10.77.0.2/24"
 	img, err := libvirtlab.GuestImage(ctx, "")
 	if err != nil {
 		t.Fatal(err)
@@ -421,7 +440,7 @@ func (h *hookHost) startGuest(t *testing.T, ctx context.Context, script string) 
 	console = filepath.Join(h.dir, "web-1.console")
 	guest, err := libvirtlab.GuestDomain("web-1", img, libvirtlab.GuestOptions{
 		ConsoleLog: console,
-		Interfaces: []libvirtlab.GuestInterface{{Type: "bridge", Source: "br0", Target: netnstest.UniqueName("t"), MAC: guestMAC.String(), Address: "10.77.0.2/24"}},
+		Interfaces: []libvirtlab.GuestInterface{nic},
 		Cmdline:    libvirtlab.GuestRun(script),
 	})
 	if err != nil {

@@ -30,7 +30,13 @@
 //     copy in VEPA mode, optionally on another parent such as a VF, through
 //     libvirt (Domains); the original <interface> element is kept in the
 //     guest's metadata under Namespace. The guest's persistent definition is
-//     never changed.
+//     never changed. Before a guest runs, when libvirt holds its job and
+//     nothing may call libvirt about it, DivertDomainXML wires its direct
+//     interfaces in its incoming XML (migration, restore) as Apply would,
+//     with the same Diverted element and record, and HoldAtStart keeps a
+//     macvtap libvirt just created from carrying any frame (a clsact
+//     redirect to the DM's port, node FilterNodeHold) until Apply replaces
+//     it.
 //   - switchdev (guests on SR-IOV VFs, NIC eswitch in switchdev mode) makes
 //     the VF's representor the DM's dedicated port (its Delivery): it
 //     takes the representor out of its bridge and brings it up, recording

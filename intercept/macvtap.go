@@ -84,18 +84,13 @@ func (m *macvtap) read(ctx context.Context, ifc Iface) (guestState, error) {
 	return st, nil
 }
 
-// divertedCopy is original with its source switched to VEPA mode, on parent
-// if that is not "".
+// divertedCopy is Diverted(original, parent) made ready to plug in.
 func divertedCopy(original *libvirtxml.DomainInterface, parent string) (*libvirtxml.DomainInterface, error) {
-	x, err := pluggable(original)
+	x, err := Diverted(original, parent)
 	if err != nil {
 		return nil, err
 	}
-	x.Source.Direct.Mode = "vepa"
-	if parent != "" {
-		x.Source.Direct.Dev = parent
-	}
-	return x, nil
+	return pluggable(x)
 }
 
 // pluggable is a deep copy of a direct interface without what libvirt
@@ -182,34 +177,19 @@ func (m *macvtap) apply(ctx context.Context, ifc Iface, port string) error {
 	if !st.running {
 		return ErrGuestNotRunning
 	}
-	original := st.live
-	if st.rec != nil {
-		if original, err = st.rec.original(); err != nil {
-			return err
-		}
-	}
-	if original == nil {
-		return fmt.Errorf("guest has no interface %s: %w", ifc.MAC, ErrNoInterface)
-	}
-	want, err := divertedCopy(original, port)
-	if err != nil {
+	want, recs, record, err := divertPlan(st.live, st.recs, ifc.MAC, port)
+	if err != nil || want == nil {
 		return err
 	}
-	if st.live != nil && sameSource(st.live, want) && linkState(st.live) == linkState(want) {
-		// Already diverted, by an earlier Apply or because the operator
-		// configured it so (then there is nothing to record or revert).
-		return nil
-	}
-	if st.rec == nil {
+	if record {
 		// The record goes first: whatever happens next, Revert knows what
 		// to go back to.
-		recs, err := st.recs.with(ifc.MAC, original)
-		if err != nil {
-			return err
-		}
 		if err := m.store(ctx, ifc.GuestUUID, recs); err != nil {
 			return err
 		}
+	}
+	if want, err = pluggable(want); err != nil {
+		return err
 	}
 	if err := m.swap(ctx, ifc.GuestUUID, st.live, want); err != nil {
 		return err
@@ -317,17 +297,11 @@ func (m *macvtap) Applied(ctx context.Context, ifc Iface, port string) (bool, er
 	if !st.running || st.live == nil {
 		return false, nil
 	}
-	original := st.live
-	if st.rec != nil {
-		if original, err = st.rec.original(); err != nil {
-			return false, fmt.Errorf("intercept: check %s: %w", ifc, err)
-		}
-	}
-	want, err := divertedCopy(original, port)
+	want, _, _, err := divertPlan(st.live, st.recs, ifc.MAC, port)
 	if err != nil {
 		return false, fmt.Errorf("intercept: check %s: %w", ifc, err)
 	}
-	return sameSource(st.live, want) && linkState(st.live) == linkState(want), nil
+	return want == nil, nil
 }
 
 // Stale returns the recorded diversions of every domain that are not in

@@ -73,10 +73,15 @@ func hotplugImage(ctx context.Context, t *testing.T) libvirtlab.Image {
 // interfaces, its console logged in the lab's directory.
 func startLabGuest(ctx context.Context, t *testing.T, lab *libvirtlab.Lab, conn *hypervisor.Conn, img libvirtlab.Image, ifaces ...libvirtlab.GuestInterface) hypervisor.Domain {
 	t.Helper()
-	def, err := libvirtlab.GuestDomain("g", img, libvirtlab.GuestOptions{
-		ConsoleLog: filepath.Join(lab.Dir, "g.console"),
-		Interfaces: ifaces,
-	})
+	return startLabGuestWith(ctx, t, lab, conn, img, libvirtlab.GuestOptions{Interfaces: ifaces})
+}
+
+// startLabGuestWith is startLabGuest with more options (its console is
+// always the lab's).
+func startLabGuestWith(ctx context.Context, t *testing.T, lab *libvirtlab.Lab, conn *hypervisor.Conn, img libvirtlab.Image, opts libvirtlab.GuestOptions) hypervisor.Domain {
+	t.Helper()
+	opts.ConsoleLog = filepath.Join(lab.Dir, "g.console")
+	def, err := libvirtlab.GuestDomain("g", img, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

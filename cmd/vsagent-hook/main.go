@@ -86,10 +86,11 @@ func (h hook) run(ctx context.Context, args []string) int {
 	ans, err := hookapi.Ask(ctx, cfg.Agent.HookSocket(), req)
 	if err != nil {
 		ans = hookapi.Fallback(cfg, req, err)
-		if ans.Verdict == hookapi.Allow && ans.Message != "" {
-			h.notify(ans.Message, req)
-			fmt.Fprintln(h.stderr, ans.Message)
-		}
+	}
+	if ans.Verdict == hookapi.Allow && ans.Message != "" {
+		// A fail-open decision, the hook's own or the agent's.
+		h.notify(ans.Message, req)
+		fmt.Fprintln(h.stderr, ans.Message)
 	}
 	if ans.Verdict == hookapi.Refuse {
 		return h.refuse(ans.Message)

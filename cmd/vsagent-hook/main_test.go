@@ -172,3 +172,19 @@ func TestHookMigrateRewritesXML(t *testing.T) {
 		t.Errorf("start: exit %d, stdout %q; want 0 and nothing on stdout", r.code, r.stdout)
 	}
 }
+
+// TestHookAgentFailsOpen: an agent that lets a guest through although it
+// could not serve it (hook_failure "open") gets its warning logged like the
+// hook's own fail-open decision, and libvirt keeps its XML.
+func TestHookAgentFailsOpen(t *testing.T) {
+	cfg, sock := writeConfig(t, "open")
+	const msg = `vsagent: guest web-1 proceeds to restore although it needs inspection (policy "web") and its interfaces cannot be wired`
+	fakeAgent(t, sock, hookapi.Answer{Verdict: hookapi.Allow, Message: msg})
+	r := runHook(t, cfg, xmlOf("web-1"), "web-1", "restore", "begin", "-")
+	if r.code != 0 || r.stderr != msg+"\n" || r.stdout != "" {
+		t.Errorf("exit %d, stdout %q, stderr %q; want 0, nothing, the agent's warning", r.code, r.stdout, r.stderr)
+	}
+	if len(r.notified) != 1 || r.notified[0] != msg {
+		t.Errorf("journal notices %q, want the agent's warning", r.notified)
+	}
+}

@@ -10,7 +10,9 @@
 // from the control socket so that an operator's slow request never delays a
 // guest's start.
 //
-// When the agent does not answer, Fallback decides from the configuration
-// alone: guests without a policy proceed; guests that need inspection follow
-// [agent] hook_failure.
+// At migrate and restore begin an agent that is a Rewriter returns the
+// incoming domain XML rewritten. When the agent does not answer, Fallback
+// decides from the configuration alone: guests without a policy proceed;
+// guests that need inspection follow [agent] hook_failure. An XML the agent
+// cannot read or rewrite is answered by that same setting.
 package hookapi

@@ -319,3 +319,67 @@ func TestAskUnreachable(t *testing.T) {
 		t.Errorf("foreign listener: %v, want ErrProtocol", err)
 	}
 }
+
+// rewritingAgent is a fakeAgent whose backend wires interfaces in the XML.
+type rewritingAgent struct {
+	fakeAgent
+	rewriteErr error
+}
+
+func (r *rewritingAgent) HookRewrite(_ context.Context, g Guest, doc string) (string, error) {
+	if err := r.record("rewrite " + g.Domain.Name + " " + g.PolicyName()); err != nil {
+		return "", err
+	}
+	if r.rewriteErr != nil {
+		return "", r.rewriteErr
+	}
+	return strings.Replace(doc, "vnet7", "rewired", 1), nil
+}
+
+// TestHandlerRewrite: at migrate and restore begin a Rewriter's XML is the
+// answer for guests that need inspection, and what cannot be read or
+// rewritten is answered as hook_failure says.
+func TestHandlerRewrite(t *testing.T) {
+	for _, tc := range []struct {
+		name, failure, op, dom, xml string
+		rewriteErr                  error
+		want                        Verdict
+		wantXML, wantMsg, wantCall  string
+	}{
+		{name: "migrate", failure: "closed", op: OpMigrate, dom: "web-1", want: Allow, wantXML: "rewired", wantCall: "rewrite web-1 web"},
+		{name: "restore", failure: "closed", op: OpRestore, dom: "web-1", want: Allow, wantXML: "rewired", wantCall: "rewrite web-1 web"},
+		{name: "no policy, unchanged", failure: "closed", op: OpRestore, dom: "db-1", want: Allow},
+		{name: "start is not rewritten", failure: "closed", op: OpStart, dom: "web-1", want: Allow, wantCall: "start web-1 web"},
+		{name: "rewrite fails, closed", failure: "closed", op: OpMigrate, dom: "web-1", rewriteErr: errors.New("unreadable record"), want: Refuse,
+			wantMsg:  `refusing migrate of guest web-1: it needs inspection (policy "web") and its interfaces cannot be wired to the intercept path in its XML: unreadable record; hook_failure is "closed"`,
+			wantCall: "rewrite web-1 web"},
+		{name: "rewrite fails, open", failure: "open", op: OpRestore, dom: "web-1", rewriteErr: errors.New("unreadable record"), want: Allow,
+			wantMsg: `guest web-1 proceeds to restore although it needs inspection`, wantCall: "rewrite web-1 web"},
+		{name: "malformed, closed", failure: "closed", op: OpMigrate, dom: "web-1", xml: "<domain><name>web-1", want: Refuse,
+			wantMsg: `refusing migrate of guest web-1: malformed hook request: domain XML of web-1`},
+		{name: "malformed, open", failure: "open", op: OpRestore, dom: "web-1", xml: "<domain><name>web-1", want: Allow,
+			wantMsg: `proceeds to restore although malformed hook request`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ag := &rewritingAgent{fakeAgent: fakeAgent{cfg: testConfig(t, tc.failure)}, rewriteErr: tc.rewriteErr}
+			req := Request{Domain: tc.dom, Op: tc.op, SubOp: "begin", XML: tc.xml}
+			if req.XML == "" {
+				req.XML = domainXML(tc.dom, "")
+			}
+			a := NewHandler(ag)(context.Background(), req)
+			if a.Verdict != tc.want || !strings.Contains(a.Message, tc.wantMsg) || (tc.wantMsg == "") != (a.Message == "") {
+				t.Errorf("answer %+v, want %s with message %q", a, tc.want, tc.wantMsg)
+			}
+			if tc.wantXML == "" && a.XML != "" || !strings.Contains(a.XML, tc.wantXML) {
+				t.Errorf("answer XML %q, want one containing %q", a.XML, tc.wantXML)
+			}
+			var want []string
+			if tc.wantCall != "" {
+				want = []string{tc.wantCall}
+			}
+			if d := cmp.Diff(want, ag.got); d != "" {
+				t.Errorf("agent calls (-want +got):\n%s", d)
+			}
+		})
+	}
+}
