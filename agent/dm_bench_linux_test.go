@@ -219,12 +219,6 @@ func (t *fwdTopology) steerReceiveAwayFromGenerator(b *testing.B) {
 		fmt.Sprintf("echo %s > /sys/class/net/%s/queues/rx-0/rps_cpus", mask, fwdSrcPort)); err != nil {
 		b.Fatalf("steer %s's receive work: %v", fwdSrcPort, err)
 	}
-	if os.Getenv("VSAGENT_BENCH_THREADED") == "1" {
-		if _, err := t.host.Exec(context.Background(), "sh", "-c",
-			fmt.Sprintf("echo 1 > /sys/class/net/%s/threaded", fwdSrcPort)); err != nil {
-			b.Fatalf("threaded NAPI on %s: %v", fwdSrcPort, err)
-		}
-	}
 	b.Logf("generator pinned to CPU %d; %s's receive work steered to CPU mask %s", fwdGenCPU, fwdSrcPort, mask)
 }
 
@@ -308,17 +302,6 @@ func (c *fwdCPUs) boostKsoftirqd(b *testing.B, cpu int) {
 		b.Fatalf("raise priority of %s: %v", want, err)
 	}
 	b.Cleanup(func() { _ = unix.Setpriority(unix.PRIO_PROCESS, pid, 20-prio) })
-}
-
-// claimNAPIThreads gives threaded NAPI pollers (kernel threads named
-// "napi/<device>-<id>") the forwarder CPUs and nice -20, as ksoftirqd: a
-// veth's poller is made anew whenever its XDP program changes.
-func (c *fwdCPUs) claimNAPIThreads(b *testing.B) {
-	for _, pid := range kernelThreads(b, func(comm string) bool { return strings.HasPrefix(comm, "napi/") }) {
-		if err := errors.Join(unix.SchedSetaffinity(pid, &c.rest), unix.Setpriority(unix.PRIO_PROCESS, pid, -20)); err != nil && !errors.Is(err, unix.ESRCH) {
-			b.Logf("NAPI thread %d: %v", pid, err)
-		}
-	}
 }
 
 // kernelThreads lists the processes whose name matches.
@@ -603,7 +586,6 @@ func (t *fwdTopology) measure(b *testing.B, gen *xdpgen.Generator) fwdSample {
 	}
 	wait(t.warmup)
 	t.cpus.reclaim(b, tid)
-	t.cpus.claimNAPIThreads(b)
 	sink0, in0, sent0, cpu0, t0 := t.rxPackets(b, t.sink, fwdSinkLink), t.rxPackets(b, t.host, fwdSrcPort), t.sent(b, gen), threadCPU(b, tid), time.Now()
 	wait(fwdWindow)
 	sink1, in1, sent1, cpu1, t1 := t.rxPackets(b, t.sink, fwdSinkLink), t.rxPackets(b, t.host, fwdSrcPort), t.sent(b, gen), threadCPU(b, tid), time.Now()
