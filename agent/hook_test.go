@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/mdlayher/packet"
+	"libvirt.org/go/libvirtxml"
 
 	"github.com/vsagent/vsagent/hypervisor"
 	"github.com/vsagent/vsagent/intercept"
@@ -126,8 +127,13 @@ func countFrames(t *testing.T, ns *netnstest.NS, iface string, from net.Hardware
 // readFrames hands every frame seen on iface in ns, both directions, to
 // each, from one goroutine, until the test ends.
 func readFrames(t *testing.T, ns *netnstest.NS, iface string, each func(frame []byte)) {
+	readFramesIn(t, ns.Do, iface, each)
+}
+
+// readFramesIn is readFrames in the namespace that do enters.
+func readFramesIn(t *testing.T, do func(func() error) error, iface string, each func(frame []byte)) {
 	var conn *packet.Conn
-	if err := ns.Do(func() error {
+	if err := do(func() error {
 		ifi, err := net.InterfaceByName(iface)
 		if err != nil {
 			return err
@@ -234,6 +240,9 @@ type hookHostOptions struct {
 	// listenTCP lets another host's libvirtd reach this one (peer-to-peer
 	// migration).
 	listenTCP bool
+	// applianceTemplate edits the appliances' domain template (default:
+	// the lab guest image, which boots a kernel).
+	applianceTemplate func(*libvirtxml.Domain)
 }
 
 var (
@@ -274,7 +283,7 @@ func newHookHostWith(t *testing.T, ctx context.Context, hookBin string, opts hoo
 	}
 	h.lab = libvirtlab.NewWith(t, libvirtlab.Options{Hooks: hooks, ListenTCP: opts.listenTCP})
 	labPath := filepath.Join("/var/run/netns", h.lab.NetNS)
-	writeLabTemplate(ctx, t, h.dir, nil)
+	writeLabTemplate(ctx, t, h.dir, opts.applianceTemplate)
 
 	if _, err := h.lab.Exec(ctx, "sh", "-c", "ip link add br0 type bridge && ip link set br0 up"); err != nil {
 		t.Fatal(err)
