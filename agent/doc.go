@@ -8,7 +8,9 @@
 // silent (docs/elasticity.md). It
 // also answers libvirt's qemu hook (through cmd/vsagent-hook) so that a
 // starting or incoming guest is held in the distribution manager before its
-// vCPUs run (docs/hooks.md).
+// vCPUs run, and an incoming one gets its chain attached while the
+// migration still keeps it paused when its appliances are up in time
+// (docs/hooks.md).
 //
 // It works level-triggered: every work item re-reads the domain from libvirt,
 // so a lost event is harmless. It must never destroy, undefine or modify a
