@@ -8,8 +8,10 @@
 // silent (docs/elasticity.md). It
 // also answers libvirt's qemu hook (through cmd/vsagent-hook) so that a
 // starting or incoming guest is held before its vCPUs run (taps in the
-// distribution manager, macvtaps in the kernel), and so that an incoming
-// guest's direct interfaces arrive already diverted, rewritten in its XML
+// distribution manager, macvtaps in the kernel), an incoming guest's direct
+// interfaces arrive already diverted, rewritten in its XML, and an
+// incoming guest gets its chain attached while the migration still keeps
+// it paused when its appliances are up in time
 // (docs/hooks.md).
 //
 // It works level-triggered: every work item re-reads the domain from libvirt,

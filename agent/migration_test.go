@@ -16,8 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"libvirt.org/go/libvirtxml"
+
 	"github.com/vsagent/vsagent/hypervisor"
 	"github.com/vsagent/vsagent/internal/netnstest"
+	"github.com/vsagent/vsagent/internal/netnsutil"
 	"github.com/vsagent/vsagent/internal/vsafiltertest"
 	"github.com/vsagent/vsagent/sourceroute"
 )
@@ -120,6 +123,8 @@ type streamHost struct {
 	addr      string
 	stream    *seqLog
 	forwarded map[string]*seqLog
+	// atDM logs the stream where the DM reads the guest's diverted frames.
+	atDM *seqLog
 }
 
 var streamChain = []string{"fw1", "fw2"}
@@ -238,12 +243,41 @@ const (
 	peerToPeer    = "peer-to-peer"
 )
 
+// A guest of the lab has tens of MiB of non-zero memory, which takes tens
+// of seconds at throttledMiBs; unthrottledMiBs is as good as no limit.
+const (
+	throttledMiBs   = "1"
+	unthrottledMiBs = "100000"
+)
+
+// setMigrationSpeed changes the bandwidth limit of web-1's outgoing
+// migration on from, in MiB/s.
+func setMigrationSpeed(ctx context.Context, from *streamHost, mibs string) error {
+	if out, err := exec.CommandContext(ctx, "virsh", "-c", from.lab.URI(), "migrate-setspeed", "web-1", "--bandwidth", mibs).CombinedOutput(); err != nil {
+		return fmt.Errorf("migrate-setspeed %s on %s: %w: %s", mibs, from.name, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// idleAppliance keeps the appliances' domains from booting a kernel: the
+// firmware finds nothing to boot and halts. Their dataplane is vsafilter
+// in a namespace anyway, and two appliance kernels booting under TCG on
+// the destination of every migration are what broke the migrated guest
+// (docs/hooks.md).
+func idleAppliance(d *libvirtxml.Domain) {
+	d.OS.Kernel, d.OS.Initrd, d.OS.Cmdline = "", "", ""
+}
+
 // migrateArgs are virsh's arguments for migrating web-1 from one host to
 // the other, live, its definition moving with it. Client-managed migration
 // goes over unix sockets; peer-to-peer needs the source's libvirtd to reach
 // the destination's, which over a socket-only URI it takes for itself.
+//
+// The migration starts throttled to throttledMiBs, so slow that it cannot
+// switch over before the test lifts the limit (setMigrationSpeed): the
+// test decides when the guest moves.
 func migrateArgs(t *testing.T, kind string, from, to *streamHost) []string {
-	args := []string{"-c", from.lab.URI(), "migrate", "--live", "--persistent", "--undefinesource"}
+	args := []string{"-c", from.lab.URI(), "migrate", "--live", "--persistent", "--undefinesource", "--bandwidth", throttledMiBs}
 	switch kind {
 	case clientManaged:
 		return append(args, "web-1", to.lab.URI(), "--migrateuri", "unix://"+filepath.Join(t.TempDir(), "mig.sock"))
@@ -257,6 +291,9 @@ func migrateArgs(t *testing.T, kind string, from, to *streamHost) []string {
 type migrationResult struct {
 	kind, direction string
 	sent, lost      int
+	// notReady counts the guest's frames the destination's DM dropped
+	// because its chain was not attached yet.
+	notReady        uint64
 	gap             time.Duration
 	libvirtDowntime string
 }
@@ -266,13 +303,17 @@ type migrationResult struct {
 // streaming) and the source (guest, flows and appliances gone).
 func migrateStream(t *testing.T, ctx context.Context, kind string, uuid, filterBin string, from, to *streamHost) migrationResult {
 	t.Helper()
-	// A guest that stops streaming (see docs/hooks.md) fails this
-	// migration, not the whole test's budget.
+	// The appliances' filters outlive this migration: they serve the
+	// guest when it comes back, so they run under the test's context.
+	filterCtx := ctx
+	// A guest that stops streaming fails this migration, not the whole
+	// test's budget.
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	before := streamHigh(from, to)
 	held := countEventsFor(to.ag, EventHookHeld, "web-1")
 	dropsBefore := maps.Clone(to.dm.Engine().Counters().Drops)
+	srcDropsBefore := maps.Clone(from.dm.Engine().Counters().Drops)
 	cmd := exec.CommandContext(ctx, "virsh", migrateArgs(t, kind, from, to)...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -283,10 +324,36 @@ func migrateStream(t *testing.T, ctx context.Context, kind string, uuid, filterB
 	go func() { done <- cmd.Wait() }()
 	// The destination's appliances are created from prepare begin, while
 	// the migration runs; their dataplane must be up before the guest
-	// resumes there, as a real appliance VM's would be.
+	// resumes there, as a real appliance VM's would be. The throttled
+	// migration switches over only once the destination's agent has
+	// attached the chain of the guest, still paused by the migration.
 	var err error
+	released, attachedPaused := false, false
+	releaseBy := time.Now().Add(time.Minute)
+	var lastSpeed time.Time
 	for waiting := true; waiting; {
-		to.startChain(t, ctx, filterBin)
+		to.startChain(t, filterCtx, filterBin)
+		if !released && to.chainStarted() && to.guestState("web-1") == GuestInspected {
+			st, lerr := to.conn.Lookup(ctx, uuid)
+			attachedPaused = lerr == nil && st.State == hypervisor.StatePaused
+			if !attachedPaused {
+				t.Errorf("host %s: web-1 was inspected only once it ran (%v, %v), not while the migration kept it paused", to.name, st.State, lerr)
+			}
+			released = true
+		}
+		if !released && time.Now().After(releaseBy) {
+			t.Errorf("host %s: no chain attached for the incoming web-1 within a minute (state %q)", to.name, to.guestState("web-1"))
+			released = true
+		}
+		if released && time.Since(lastSpeed) > time.Second {
+			// Lifted again every second: a limit set before the source's
+			// libvirt has applied the migration's own parameters is
+			// overwritten by them (--bandwidth).
+			if serr := setMigrationSpeed(ctx, from, unthrottledMiBs); serr != nil && lastSpeed.IsZero() {
+				t.Error(serr)
+			}
+			lastSpeed = time.Now()
+		}
 		select {
 		case err = <-done:
 			waiting = false
@@ -296,8 +363,11 @@ func migrateStream(t *testing.T, ctx context.Context, kind string, uuid, filterB
 	if err != nil {
 		t.Fatalf("%s migration %s→%s: %v: %s", kind, from.name, to.name, err, out.Bytes())
 	}
+	if !released {
+		t.Errorf("host %s: the throttled %s migration completed before the test lifted its limit", to.name, kind)
+	}
 	waitFor(t, ctx, "the destination's appliances", func() bool {
-		to.startChain(t, ctx, filterBin)
+		to.startChain(t, filterCtx, filterBin)
 		return to.chainStarted()
 	})
 	for _, name := range streamChain {
@@ -319,7 +389,14 @@ func migrateStream(t *testing.T, ctx context.Context, kind string, uuid, filterB
 		return err == nil && st.State == hypervisor.StateRunning
 	})
 	landed := streamHigh(from, to)
-	waitFor(t, ctx, "the stream to go on at the destination's peer", func() bool { return to.stream.highest() > landed+50 })
+	for to.stream.highest() <= landed+50 {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("host %s: the stream stopped after the %s migration: highest sequence number at the peer %d (%d on landing), at the DM's intercept port %d, at the source's %d",
+				to.name, kind, to.stream.highest(), landed, to.atDM.highest(), from.atDM.highest())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 	after := streamHigh(from, to)
 
 	waitFor(t, ctx, "the source to forget web-1 and delete its appliances", func() bool {
@@ -354,11 +431,50 @@ func migrateStream(t *testing.T, ctx context.Context, kind string, uuid, filterB
 			drops[reason] = d
 		}
 	}
+	r.notReady = drops["chain_not_ready"]
+	srcDrops := make(map[string]uint64)
+	for reason, n := range from.dm.Engine().Counters().Drops {
+		if d := n - srcDropsBefore[reason]; d > 0 {
+			srcDrops[reason] = d
+		}
+	}
+	t.Logf("%s %s: the source's DM dropped %v", r.kind, r.direction, srcDrops)
+	if r.lost > 0 {
+		t.Logf("%s %s: lost frames (first 10) and where they were seen: %s", r.kind, r.direction, whereSeen(before, after, 10, from, to))
+	}
 	t.Logf("%s %s: frames sent %d (seq %d..%d), lost %d, largest gap at the peers %v, libvirt downtime %s; the destination's DM dropped %v",
 		r.kind, r.direction, r.sent, before, after, r.lost, r.gap.Round(time.Millisecond), r.libvirtDowntime, drops)
+	if attachedPaused && r.notReady != 0 {
+		t.Errorf("host %s: the chain was attached before web-1 ran, yet the DM dropped %d of its frames as chain_not_ready", to.name, r.notReady)
+	}
 	from.checkThroughChain(t, ctx)
 	to.checkThroughChain(t, ctx)
 	return r
+}
+
+// whereSeen lists the first n sequence numbers between from and to that
+// reached neither peer, each with the appliances that forwarded it.
+func whereSeen(from, to, n int, hosts ...*streamHost) string {
+	var out []string
+	for s := from; s <= to && len(out) < n; s++ {
+		seq := uint16(s)
+		if slices.ContainsFunc(hosts, func(h *streamHost) bool { return h.stream.has(seq) }) {
+			continue
+		}
+		var at []string
+		for _, h := range hosts {
+			if h.atDM.has(seq) {
+				at = append(at, h.name+"/dm")
+			}
+			for _, name := range streamChain {
+				if fw := h.forwarded[name]; fw != nil && fw.has(seq) {
+					at = append(at, h.name+"/"+name)
+				}
+			}
+		}
+		out = append(out, fmt.Sprintf("%d%v", s, at))
+	}
+	return strings.Join(out, " ")
 }
 
 func countEventsFor(ag *Agent, kind EventKind, guest string) int {
@@ -383,19 +499,13 @@ func countEventsFor(ag *Agent, kind EventKind, guest string) int {
 // kinds of migration are refused by its hook (fail closed) while the guest
 // keeps running and streaming, inspected, on the source.
 func TestHookMigrationStream(t *testing.T) {
-	// Under software emulation on two shared cores the migrated guest dies
-	// or stops sending in about one run in four (docs/hooks.md), which
-	// would make every CI run a coin toss; `make test-migration` runs it.
-	if os.Getenv("VSAGENT_MIGRATION_STREAM") != "1" {
-		t.Skip("set VSAGENT_MIGRATION_STREAM=1 (make test-migration) to run the streaming migration test: its TCG guest is not yet reliable across migrations")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	hookBin := buildHook(t, ctx)
 	var hosts []*streamHost
 	for i, name := range []string{"A", "B"} {
 		h := &streamHost{
-			hookHost: newHookHostWith(t, ctx, hookBin, hookHostOptions{chain: streamChain, listenTCP: true}),
+			hookHost: newHookHostWith(t, ctx, hookBin, hookHostOptions{chain: streamChain, listenTCP: true, applianceTemplate: idleAppliance}),
 			name:     name, addr: fmt.Sprintf("10.99.0.%d", i+1), forwarded: make(map[string]*seqLog),
 		}
 		close(h.hv.release)
@@ -406,6 +516,13 @@ func TestHookMigrationStream(t *testing.T) {
 			t.Fatal(err)
 		}
 		h.stream = recordSeqs(t, h.peer, "eth0", func(f []byte) (uint16, bool) { return echoRequestSeq(f, guestMAC) })
+		h.atDM = &seqLog{first: make(map[uint16]time.Time), max: -1}
+		_, readOn := DMPortNames("vsa-dm0")
+		readFramesIn(t, func(fn func() error) error { return netnsutil.Do(filepath.Join("/var/run/netns", h.lab.NetNS), fn) }, readOn, func(f []byte) {
+			if s, ok := echoRequestSeq(f, guestMAC); ok {
+				h.atDM.add(s, time.Now())
+			}
+		})
 		hosts = append(hosts, h)
 	}
 	a, b := hosts[0], hosts[1]
@@ -422,7 +539,8 @@ func TestHookMigrationStream(t *testing.T) {
 	filterBin := vsafiltertest.Build(t, "..")
 
 	uuid, _ := a.startGuest(t, ctx, fmt.Sprintf(`ip neigh replace 10.77.0.9 lladdr %s dev eth0
-ping -q -i %s -c %d -s 16 10.77.0.9 >/dev/null 2>&1
+ping -q -i %s -c %d -s 16 10.77.0.9 >/dev/null
+echo "web-1 stream: ping exited with status $?"
 `, peerMAC, streamInterval, streamCount))
 	waitFor(t, ctx, "the appliances on A", func() bool {
 		a.startChain(t, ctx, filterBin)
@@ -471,9 +589,9 @@ ping -q -i %s -c %d -s 16 10.77.0.9 >/dev/null 2>&1
 
 	var table strings.Builder
 	for _, r := range results {
-		fmt.Fprintf(&table, "| %s | %s | %d | %d | %v | %s |\n", r.kind, r.direction, r.sent, r.lost, r.gap.Round(time.Millisecond), r.libvirtDowntime)
+		fmt.Fprintf(&table, "| %s | %s | %d | %d | %d | %v | %s |\n", r.kind, r.direction, r.sent, r.lost, r.notReady, r.gap.Round(time.Millisecond), r.libvirtDowntime)
 	}
-	t.Logf("migration | direction | frames sent | lost | largest gap at the peer | libvirt downtime\n%s", table.String())
+	t.Logf("migration | direction | frames sent | lost | chain_not_ready | largest gap at the peer | libvirt downtime\n%s", table.String())
 	for _, h := range hosts {
 		h.logCounters(t)
 		t.Logf("host %s peer: %d distinct echo requests of web-1, other frames %s", h.name, h.stream.len(), h.hookHost.atPeer)

@@ -144,6 +144,11 @@ func (a *Agent) reconcileGuest(ctx context.Context, dom hypervisor.Domain, xmlDo
 		}
 	}
 	if len(missing) > 0 {
+		if early, ok := a.chainBeforeRun(ctx, dom, needs, log); ok {
+			ready, missing = early, nil
+		}
+	}
+	if len(missing) > 0 {
 		gate, err = a.gateGuest(ctx, dom, xmlDom, gate, gated, res.Policy, missing, log)
 		if err != nil {
 			return err
