@@ -380,14 +380,10 @@ func (m *macvtap) Delivery(ctx context.Context, ifc Iface, port string) (Deliver
 	return Delivery{Port: peer}, nil
 }
 
-func (m *macvtap) vethPeer(ctx context.Context, name string) (string, error) {
-	if err := ctx.Err(); err != nil {
-		return "", err
-	}
-	r, err := openRTNL(m.netNS)
-	if err != nil {
-		return "", err
-	}
-	defer r.Close()
-	return r.vethPeer(name)
+func (m *macvtap) vethPeer(ctx context.Context, name string) (peer string, err error) {
+	err = withRTNL(ctx, m.netNS, func(r *rtnl) error {
+		peer, err = r.vethPeer(name)
+		return err
+	})
+	return peer, err
 }

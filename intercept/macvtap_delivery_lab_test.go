@@ -98,20 +98,7 @@ func TestMacvtapDeliveryOnRealGuest(t *testing.T) {
 	labNS := filepath.Join("/run/netns", lab.NetNS)
 
 	const hostIP, guestIP, dmIP = "10.83.0.1", "10.83.0.2", "10.83.0.9"
-	for _, cmd := range [][]string{
-		{"sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"},
-		{"ip", "link", "add", "vp0", "type", "veth", "peer", "name", "vp1"},
-		{"ip", "link", "add", "dm0", "type", "veth", "peer", "name", "dm0-in"},
-		{"ip", "link", "set", "vp0", "up"},
-		{"ip", "link", "set", "vp1", "up"},
-		{"ip", "link", "set", "dm0", "arp", "off", "up"},
-		{"ip", "link", "set", "dm0-in", "arp", "off", "up"},
-		{"ip", "addr", "add", hostIP + "/24", "dev", "vp1"},
-	} {
-		if _, err := lab.Exec(ctx, cmd...); err != nil {
-			t.Fatal(err)
-		}
-	}
+	labLinks(ctx, t, lab, hostIP, "dm0", "dm0-in")
 	conn, err := hypervisor.Connect(ctx, lab.URI(), hypervisor.Options{Logger: log})
 	if err != nil {
 		t.Fatal(err)
@@ -187,4 +174,25 @@ func TestMacvtapDeliveryOnRealGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	ping("after revert")
+}
+
+// labLinks makes the lab namespace's links for a macvtap guest: the veth
+// pair vp0/vp1 its macvtap sits on and the host answers on (vp1, hostIP),
+// and the pair a/b, ARP off, for the DM or a sink; IPv6 off throughout.
+func labLinks(ctx context.Context, t *testing.T, lab *libvirtlab.Lab, hostIP, a, b string) {
+	t.Helper()
+	for _, cmd := range [][]string{
+		{"sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"},
+		{"ip", "link", "add", "vp0", "type", "veth", "peer", "name", "vp1"},
+		{"ip", "link", "add", a, "type", "veth", "peer", "name", b},
+		{"ip", "link", "set", "vp0", "up"},
+		{"ip", "link", "set", "vp1", "up"},
+		{"ip", "link", "set", a, "arp", "off", "up"},
+		{"ip", "link", "set", b, "arp", "off", "up"},
+		{"ip", "addr", "add", hostIP + "/24", "dev", "vp1"},
+	} {
+		if _, err := lab.Exec(ctx, cmd...); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

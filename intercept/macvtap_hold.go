@@ -45,14 +45,12 @@ func (m *macvtap) holdAtStart(ctx context.Context, ifc Iface, port string) error
 	case ifc.Target == "":
 		return fmt.Errorf("the guest's XML names no macvtap: %w", ErrNoInterface)
 	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	r, err := openRTNL(m.netNS)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
+	return withRTNL(ctx, m.netNS, func(r *rtnl) error { return m.hold(r, ifc, port) })
+}
+
+// hold puts the match-all redirects to port on both sides of the guest's
+// macvtap, once.
+func (m *macvtap) hold(r *rtnl, ifc Iface, port string) error {
 	link, err := r.linkByName(ifc.Target)
 	if err != nil {
 		return err

@@ -99,20 +99,7 @@ func TestMacvtapStartWindowHold(t *testing.T) {
 	defer cancel()
 	labNS := filepath.Join("/run/netns", lab.NetNS)
 	const hostIP, guestIP = "10.84.0.1", "10.84.0.2"
-	for _, cmd := range [][]string{
-		{"sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"},
-		{"ip", "link", "add", "vp0", "type", "veth", "peer", "name", "vp1"},
-		{"ip", "link", "add", "sk0", "type", "veth", "peer", "name", "sk1"},
-		{"ip", "link", "set", "vp0", "up"},
-		{"ip", "link", "set", "vp1", "up"},
-		{"ip", "link", "set", "sk0", "arp", "off", "up"},
-		{"ip", "link", "set", "sk1", "arp", "off", "up"},
-		{"ip", "addr", "add", hostIP + "/24", "dev", "vp1"},
-	} {
-		if _, err := lab.Exec(ctx, cmd...); err != nil {
-			t.Fatal(err)
-		}
-	}
+	labLinks(ctx, t, lab, hostIP, "sk0", "sk1")
 	guestMAC, _ := net.ParseMAC("52:54:00:84:00:02")
 	atParent := countFrom(t, labNS, "vp1", guestMAC)
 	atSink := countFrom(t, labNS, "sk1", guestMAC)

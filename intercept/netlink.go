@@ -1,6 +1,7 @@
 package intercept
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -20,6 +21,20 @@ import (
 type rtnl struct {
 	h   *netlink.Handle
 	raw *nl.SocketHandle
+}
+
+// withRTNL runs fn with netlink sockets in the namespace whose file is at
+// netNS ("" for the caller's), unless ctx is already done.
+func withRTNL(ctx context.Context, netNS string, fn func(*rtnl) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r, err := openRTNL(netNS)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return fn(r)
 }
 
 // openRTNL opens the sockets in the namespace whose file is at path, or in

@@ -213,20 +213,8 @@ func representorAlias(st repState) (string, error) {
 	return alias, nil
 }
 
-func (b *switchdev) withRTNL(ctx context.Context, fn func(*rtnl) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	r, err := openRTNL(b.netNS)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	return fn(r)
-}
-
 func (b *switchdev) Apply(ctx context.Context, ifc Iface, port string) error {
-	err := b.withRTNL(ctx, func(r *rtnl) error { return b.apply(r, ifc, port) })
+	err := withRTNL(ctx, b.netNS, func(r *rtnl) error { return b.apply(r, ifc, port) })
 	if err != nil {
 		return fmt.Errorf("intercept: apply %s: %w", ifc, err)
 	}
@@ -290,7 +278,7 @@ func (b *switchdev) apply(r *rtnl, ifc Iface, port string) error {
 }
 
 func (b *switchdev) Revert(ctx context.Context, ifc Iface) error {
-	err := b.withRTNL(ctx, func(r *rtnl) error { return b.revert(r, ifc) })
+	err := withRTNL(ctx, b.netNS, func(r *rtnl) error { return b.revert(r, ifc) })
 	if err != nil {
 		return fmt.Errorf("intercept: revert %s: %w", ifc, err)
 	}
@@ -349,7 +337,7 @@ func (b *switchdev) revert(r *rtnl, ifc Iface) error {
 
 func (b *switchdev) Applied(ctx context.Context, ifc Iface, port string) (bool, error) {
 	var ok bool
-	err := b.withRTNL(ctx, func(r *rtnl) error {
+	err := withRTNL(ctx, b.netNS, func(r *rtnl) error {
 		rep, err := b.checkPort(ifc, port)
 		if err != nil {
 			return err
@@ -383,7 +371,7 @@ func (b *switchdev) Stale(ctx context.Context, keep []Iface) ([]Iface, error) {
 		kept = append(kept, rep)
 	}
 	var stale []Iface
-	err := b.withRTNL(ctx, func(r *rtnl) error {
+	err := withRTNL(ctx, b.netNS, func(r *rtnl) error {
 		links, err := r.h.LinkList()
 		if err != nil {
 			return fmt.Errorf("list links: %w", err)

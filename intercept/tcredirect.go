@@ -154,21 +154,8 @@ func (b *tcRedirect) tapLink(r *rtnl, ifc Iface) (netlink.Link, error) {
 	return link, nil
 }
 
-// withRTNL runs fn with netlink sockets in the backend's namespace.
-func (b *tcRedirect) withRTNL(ctx context.Context, fn func(*rtnl) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	r, err := openRTNL(b.netNS)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	return fn(r)
-}
-
 func (b *tcRedirect) Apply(ctx context.Context, ifc Iface, port string) error {
-	err := b.withRTNL(ctx, func(r *rtnl) error { return b.apply(ctx, r, ifc, port) })
+	err := withRTNL(ctx, b.netNS, func(r *rtnl) error { return b.apply(ctx, r, ifc, port) })
 	if err != nil {
 		return fmt.Errorf("intercept: apply %s to %s: %w", ifc, port, err)
 	}
@@ -231,7 +218,7 @@ func (b *tcRedirect) apply(ctx context.Context, r *rtnl, ifc Iface, port string)
 }
 
 func (b *tcRedirect) Revert(ctx context.Context, ifc Iface) error {
-	if err := b.withRTNL(ctx, func(r *rtnl) error { return b.revert(r, ifc) }); err != nil {
+	if err := withRTNL(ctx, b.netNS, func(r *rtnl) error { return b.revert(r, ifc) }); err != nil {
 		return fmt.Errorf("intercept: revert %s: %w", ifc, err)
 	}
 	return nil
@@ -296,7 +283,7 @@ func (b *tcRedirect) revert(r *rtnl, ifc Iface) error {
 
 func (b *tcRedirect) Applied(ctx context.Context, ifc Iface, port string) (bool, error) {
 	var ok bool
-	err := b.withRTNL(ctx, func(r *rtnl) error {
+	err := withRTNL(ctx, b.netNS, func(r *rtnl) error {
 		var err error
 		ok, err = b.applied(r, ifc, port)
 		return err
@@ -336,7 +323,7 @@ func (b *tcRedirect) applied(r *rtnl, ifc Iface, port string) (bool, error) {
 // Target set, which Revert accepts.
 func (b *tcRedirect) Stale(ctx context.Context, keep []Iface) ([]Iface, error) {
 	var stale []Iface
-	err := b.withRTNL(ctx, func(r *rtnl) error {
+	err := withRTNL(ctx, b.netNS, func(r *rtnl) error {
 		var err error
 		stale, err = b.stale(r, keep)
 		return err
