@@ -447,16 +447,16 @@ func program(mapFD int, h hook) asm.Instructions {
 		ins = append(ins, copyMem(asm.R2, off, asm.R9, vHdr+off, asm.Word)...)
 		ins = append(ins, copyMem(asm.R2, off+4, asm.R9, vHdr+off+4, asm.Half)...)
 	}
-	ins = append(ins,
-		asm.Mov.Reg(asm.R0, asm.R9).WithSymbol("pushed"),
-		// The inner frame now starts after the pushed header.
-		asm.LoadMem(asm.R7, asm.R9, vHdrLen, asm.Word),
-		asm.And.Imm(asm.R7, 0xff),
-	)
+	ins = append(ins, asm.Mov.Reg(asm.R0, asm.R9).WithSymbol("pushed"))
 	if h.tc {
 		// An skb keeps its pending checksum offload across the redirect.
 		ins = append(ins, asm.Ja.Label("count").WithSymbol("redirect"))
 	} else {
+		ins = append(ins,
+			// The inner frame now starts after the pushed header.
+			asm.LoadMem(asm.R7, asm.R9, vHdrLen, asm.Word),
+			asm.And.Imm(asm.R7, 0xff),
+		)
 		ins = append(ins, completeChecksum()...)
 	}
 	return append(ins,
